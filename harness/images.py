@@ -295,7 +295,7 @@ def pause_image(cache: Optional[Path] = None, ref: str = PAUSE_REF) -> Image:
     with tempfile.TemporaryDirectory(prefix="harness-pause-") as tmp:
         binary = Path(tmp) / "pause"
         cmd = [gcc, "-static", "-O2", "-s", "-o", str(binary), str(source)]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if res.returncode != 0:
             raise ImageBuildError(
                 f"building the pause binary failed ({' '.join(cmd)}): {res.stderr.strip()}; "
@@ -338,8 +338,22 @@ def busybox_image(
     if image is not None:
         return image
     applets = _busybox_applets(binary)
-    dirs = {"bin", "dev", "etc", "home", "proc", "root", "sbin", "sys", "usr", "usr/bin",
-            "usr/sbin", "var", "var/log", "var/run"}
+    dirs = {
+        "bin",
+        "dev",
+        "etc",
+        "home",
+        "proc",
+        "root",
+        "sbin",
+        "sys",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "var",
+        "var/log",
+        "var/run",
+    }
     for path in applets:
         parent = os.path.dirname(path)
         while parent:
@@ -356,8 +370,7 @@ def busybox_image(
             "etc/passwd",
             "file",
             0o644,
-            b"root:x:0:0:root:/root:/bin/sh\n"
-            b"nobody:x:65534:65534:nobody:/home:/bin/false\n",
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n",
         )
     )
     entries.append(_Entry("etc/group", "file", 0o644, b"root:x:0:\nnobody:x:65534:\n"))
@@ -381,7 +394,7 @@ def import_images(
     """`ctr -a SOCKET -n NAMESPACE images import` every image tarball (and unpack it)."""
     for image in images:
         cmd = [ctr, "-a", socket, "-n", namespace, "images", "import", str(image.tarball)]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
             raise ImageBuildError(
                 f"importing {image.ref} failed ({' '.join(cmd)}): "
