@@ -54,6 +54,7 @@ DEFAULT_CGROUP_ROOTS = ("k8s.io", "kubepods")
 _OWNER = "owner.json"
 _CGROUPS = "cgroups.json"
 _MNT_DETACH = 2
+MAX_SOCKET_PATH = 104  # containerd refuses longer unix socket paths (for its .ttrpc one)
 _live: set[Containerd] = set()
 
 
@@ -219,18 +220,18 @@ def _cgroup_dirs(roots: Sequence[str]) -> list[str]:
     return out
 
 
-def _remove_new_cgroups(before: Iterable[str], roots: Sequence[str]) -> list[str]:
-    """rmdir (deepest first) cgroup dirs that did not exist in `before`; those that stayed."""
+def _remove_new_cgroups(before: Iterable[str], roots: Sequence[str]) -> None:
+    """rmdir (deepest first) the empty cgroup dirs that did not exist in `before`.
+
+    Directories still in use (by another instance, or anyone) fail with EBUSY/ENOTEMPTY
+    and stay: only what nobody uses any more is removed.
+    """
     known = set(before)
-    stayed = []
     for path in sorted(set(_cgroup_dirs(roots)) - known, key=lambda p: -p.count("/")):
         try:
             os.rmdir(path)
-        except FileNotFoundError:
-            pass
         except OSError as e:
-            stayed.append(f"{path}: {e.strerror}")
-    return stayed
+            log.debug("cgroup %s stays: %s", path, e.strerror)
 
 
 # --- network --------------------------------------------------------------------------
@@ -328,6 +329,18 @@ def _teardown_dir(directory: Path, remove: bool = True) -> list[str]:
             if value.startswith("unix://"):
                 shim_sockets.add(value[len("unix://") :])
 
+    # CNI result cache entries (/var/lib/cni/results/<network>-<sandbox id>-<ifname>).
+    sandboxes = directory / "state" / "io.containerd.grpc.v1.cri" / "sandboxes"
+    if sandboxes.is_dir() and os.path.isdir(CNI_CACHE_RESULTS):
+        ids = {p.name for p in sandboxes.iterdir()}
+        for entry in os.listdir(CNI_CACHE_RESULTS):
+            parts = entry.rsplit("-", 2)
+            if len(parts) == 3 and parts[1] in ids:
+                try:
+                    os.unlink(os.path.join(CNI_CACHE_RESULTS, entry))
+                except OSError:
+                    pass
+
     # Containers: runc delete --force kills their processes and removes their cgroups.
     if runc_root.is_dir():
         for ns_root in sorted(p for p in runc_root.iterdir() if p.is_dir()):
@@ -359,10 +372,7 @@ def _teardown_dir(directory: Path, remove: bool = True) -> list[str]:
 
     cg = _read_json(directory / _CGROUPS)
     if cg:
-        problems += [
-            f"cgroup left: {p}"
-            for p in _remove_new_cgroups(cg.get("dirs", []), cg.get("roots", []))
-        ]
+        _remove_new_cgroups(cg.get("dirs", []), cg.get("roots", []))
 
     if remove and not stayed:
         shutil.rmtree(directory, ignore_errors=True)
@@ -524,6 +534,7 @@ class Containerd:
         self._channel: Optional[grpc.Channel] = None
         self._log_file: Any = None
         self._started = False
+        self._imported = False
         self.timings: dict[str, float] = {}
 
     # paths
@@ -546,6 +557,11 @@ class Containerd:
     @property
     def runc_root(self) -> Path:
         return self.dir / "runc"
+
+    @property
+    def pod_log_root(self) -> Path:
+        """A private stand-in for kubelet's /var/log/pods (removed with the instance)."""
+        return self.dir / "pods"
 
     @property
     def socket(self) -> str:
@@ -592,12 +608,28 @@ class Containerd:
 
         self._base.mkdir(parents=True, exist_ok=True)
         cleanup_stale(self._base)
+        sock_len = len(str(self._base)) + len(f"/ctrd-{os.getpid()}-12345678/containerd.sock.ttrpc")
+        if sock_len > MAX_SOCKET_PATH:
+            raise HarnessError(
+                f"base directory {self._base} is too long for containerd's sockets "
+                f"({sock_len} > {MAX_SOCKET_PATH} bytes); use a shorter one"
+            )
         self.dir = Path(tempfile.mkdtemp(prefix=f"ctrd-{os.getpid()}-", dir=self._base))
         self._started = True
         _live.add(self)
         try:
             self._write_owner()
-            for sub in ("root", "state", "runc", "tmp", "opt", "cni/net.d", "cni/ipam", "certs.d"):
+            for sub in (
+                "root",
+                "state",
+                "runc",
+                "tmp",
+                "opt",
+                "pods",
+                "cni/net.d",
+                "cni/ipam",
+                "certs.d",
+            ):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
             self._write_no_pull_hosts()
             self._snapshot_cgroups()
@@ -609,10 +641,14 @@ class Containerd:
             self.timings["daemon_start"] = time.monotonic() - t1
             t2 = time.monotonic()
             _images.import_images(self.socket, self.images)
+            self._imported = True
             self.wait_images([i.ref for i in self.images])
             self.timings["image_import"] = time.monotonic() - t2
         except BaseException:
-            self.stop()
+            try:
+                self.stop()
+            except HarnessError as e:
+                log.warning("cleaning up after a failed start: %s", e)
             raise
         log.info(
             "containerd pid %s at %s ready in %.2fs", self.pid, self.socket, time.monotonic() - t0
@@ -695,6 +731,8 @@ class Containerd:
         )
         (self.dir / "containerd.pid").write_text(f"{self._proc.pid}\n")
         self.wait_ready()
+        if self._imported:
+            self.wait_images([i.ref for i in self.images])
 
     def wait_ready(self, timeout: Optional[float] = None) -> dict[str, str]:
         """Poll until CRI `Version` answers; the VersionResponse as a dict."""
@@ -758,7 +796,6 @@ class Containerd:
         t0 = time.monotonic()
         self.stop_daemon(sig)
         self.start_daemon()
-        self.wait_images([i.ref for i in self.images])
         self.timings["restart"] = time.monotonic() - t0
 
     def remove_all_pods(self, timeout: float = 30.0) -> list[str]:
