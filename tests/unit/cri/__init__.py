@@ -1,0 +1,1 @@
+"""Tests of cri_resmgr.cri: generation, method table, wire format, client."""
