@@ -7,7 +7,10 @@ CNI bridge, its `iptables` FORWARD rules and the `net.ipv4.ip_forward` value.
 
 Facts this relies on (see /work/shared/containerd-notes.md): the CRI plugin must run
 with `restrict_oom_score_adj = true` on these machines; the sandbox image is imported
-locally under the exact `sandbox_image` name so RunPodSandbox never pulls.
+locally under the exact `sandbox_image` name so RunPodSandbox never pulls. Every
+registry is redirected (`registry.config_path`, `_default/hosts.toml`) to an in-process
+`harness.registry.Registry` serving the harness images (or to a closed port), so pulls
+never leave the machine.
 
 Teardown (`stop()`) never leaves processes, mounts or rules behind: it removes all pods
 through CRI while the daemon still answers, stops the daemon by pid, force-deletes any
@@ -41,6 +44,7 @@ import grpc
 
 from harness import images as _images
 from harness import wire
+from harness.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +517,7 @@ class Containerd:
         *,
         images: Optional[Sequence[_images.Image]] = None,
         network: bool = False,
+        registry: bool = True,
         base: Optional[Path] = None,
         cgroup_roots: Sequence[str] = DEFAULT_CGROUP_ROOTS,
         start_timeout: float = 30.0,
@@ -523,6 +528,8 @@ class Containerd:
         self._images_arg = images
         self.images: list[_images.Image] = []
         self.network = network
+        self.serve_registry = registry
+        self.registry: Optional[Registry] = None
         self.cgroup_roots = tuple(cgroup_roots)
         self.start_timeout = start_timeout
         self.log_level = log_level or os.environ.get("CRI_RESMGR_HARNESS_LOG_LEVEL", "info")
@@ -631,7 +638,9 @@ class Containerd:
                 "certs.d",
             ):
                 (self.dir / sub).mkdir(parents=True, exist_ok=True)
-            self._write_no_pull_hosts()
+            if self.serve_registry:
+                self.registry = Registry(self.images).start()
+            self._write_hosts(self.registry.url if self.registry else "http://127.0.0.1:9")
             self._snapshot_cgroups()
             self.config_path.write_text(render_config(self.dir, self.log_level))
             if self.network:
@@ -673,14 +682,13 @@ class Containerd:
         data = {"roots": list(self.cgroup_roots), "dirs": _cgroup_dirs(self.cgroup_roots)}
         (self.dir / _CGROUPS).write_text(json.dumps(data))
 
-    def _write_no_pull_hosts(self) -> None:
-        """Send every registry to a closed local port: pulls fail fast, never go online."""
+    def _write_hosts(self, url: str) -> None:
+        """Send every registry to `url` (our local registry, or a closed port): pulls
+        of the harness images work offline, all others fail fast, none goes online."""
         default = self.dir / "certs.d" / "_default"
         default.mkdir(parents=True, exist_ok=True)
         (default / "hosts.toml").write_text(
-            'server = "http://127.0.0.1:9"\n\n'
-            '[host."http://127.0.0.1:9"]\n'
-            '  capabilities = ["pull", "resolve"]\n'
+            f'server = "{url}"\n\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
         )
 
     def _setup_network(self) -> None:
@@ -825,6 +833,9 @@ class Containerd:
             for problem in self.remove_all_pods():
                 log.warning("teardown of %s: %s", self.dir, problem)
         self.stop_daemon()
+        if self.registry is not None:
+            self.registry.stop()
+            self.registry = None
         leftovers = _teardown_dir(self.dir)
         if leftovers:
             raise HarnessError(f"teardown of {self.dir} left: {'; '.join(leftovers)}")

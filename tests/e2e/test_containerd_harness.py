@@ -13,6 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from cri_resmgr.cri import api_pb2
@@ -161,7 +162,7 @@ def test_restart_keeps_containers(runtime: hc.Containerd) -> None:
     print(f"restart in {time.monotonic() - t0:.2f}s")
 
     assert runtime.pid != old_daemon and not hc._alive(old_daemon)
-    assert runtime.shim_pids() == shims
+    assert sorted(runtime.shim_pids()) == sorted(shims)
     ch = runtime.channel()
     containers = {c.id: c for c in co.call(ch, "ListContainers").containers}
     assert containers[cid].state == api_pb2.CONTAINER_RUNNING
@@ -251,6 +252,24 @@ def test_stale_leftovers_of_killed_run_are_cleaned(containerd_factory) -> None:
     assert hc.mounts_under(directory) == []
     assert not directory.exists()
     shutil.rmtree(base)
+
+
+def test_pull_works_offline_for_harness_images_only(containerd_factory) -> None:
+    ctrd = containerd_factory()
+    ch = ctrd.channel()
+    busybox = api_pb2.ImageSpec(image=images.BUSYBOX_REF)
+    co.call(ch, "RemoveImage", api_pb2.RemoveImageRequest(image=busybox))
+    assert not co.call(ch, "ImageStatus", api_pb2.ImageStatusRequest(image=busybox)).image.id
+
+    reply = co.call(ch, "PullImage", api_pb2.PullImageRequest(image=busybox))
+    assert reply.image_ref == ctrd.images[1].image_id
+    status = co.call(ch, "ImageStatus", api_pb2.ImageStatusRequest(image=busybox)).image
+    assert status.repo_digests == ["docker.io/library/busybox@" + ctrd.images[1].manifest_digest]
+
+    unknown = api_pb2.ImageSpec(image="docker.io/library/alpine:3.19")
+    with pytest.raises(grpc.RpcError) as err:
+        co.call(ch, "PullImage", api_pb2.PullImageRequest(image=unknown), timeout=20)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_image_tarballs_are_reproducible(tmp_path: Path) -> None:
