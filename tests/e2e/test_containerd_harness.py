@@ -80,6 +80,8 @@ def test_version_answers(containerd: hc.Containerd) -> None:
     # The same answer through the generated modules.
     reply = co.call(containerd.channel(), "Version", api_pb2.VersionRequest(version="v1"))
     assert reply.runtime_name == "containerd"
+    with containerd.cri_client() as client:
+        assert client.version(timeout=5).runtime_api_version == "v1"
 
 
 def test_images_listed(runtime: hc.Containerd) -> None:
