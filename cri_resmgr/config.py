@@ -584,7 +584,7 @@ SECTIONS: Mapping[str, str] = MappingProxyType(
         "host": "Where the host's hardware description is read.",
         "policy": (
             "The resource policy that places containers. Options of each policy are in "
-            "[policy.<name>]."
+            "[policy.NAME]."
         ),
         "policy.static": "Options of the static policy (exclusive CPUs for Guaranteed pods).",
         "policy.topology-aware": (
@@ -1592,8 +1592,11 @@ def render_conf() -> str:
     return "\n".join(out) + "\n"
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+def _md_text(text: str) -> str:
+    """Plain text for markdown: no tables broken, no emphasis, no HTML tags."""
+    for char in "\\|*<>_[":
+        text = text.replace(char, "\\" + char)
+    return text
 
 
 def render_markdown() -> str:
@@ -1605,17 +1608,17 @@ def render_markdown() -> str:
         "",
     ]
     for section, description in SECTIONS.items():
-        out += [f"### `[{section}]`", "", description, ""]
+        out += [f"### `[{section}]`", "", _md_text(description), ""]
         out += ["| key | allowed | default | flag | on reload |", "| --- | --- | --- | --- | --- |"]
         for key in _keys_of(section):
             flag = f"`-{key.flag}`" if key.flag else ""
             reload = "live" if key.live else "restart"
-            allowed = _md_cell(key.type.describe_allowed())
-            default = _md_cell(_default_text(key))
+            allowed = _md_text(key.type.describe_allowed())
+            default = _md_text(_default_text(key))
             out.append(f"| `{key.name}` | {allowed} | {default} | {flag} | {reload} |")
         out.append("")
         for key in _keys_of(section):
-            out += [f"- **`{key.name}`**: {key.help}"]
+            out += [f"- **`{key.name}`**: {_md_text(key.help)}"]
         out.append("")
     out.append(_GENERATED_END)
     return "\n".join(out) + "\n"
