@@ -892,3 +892,37 @@ def _stop_live() -> None:
             c.stop()
         except Exception as e:  # noqa: BLE001 - best effort at interpreter exit
             log.warning("stopping harness containerd at exit: %s", e)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m harness.containerd [--network] [--cleanup]`: run one until Ctrl-C."""
+    import argparse  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="python -m harness.containerd", description=main.__doc__)
+    parser.add_argument("--network", action="store_true", help="CNI bridge pod network")
+    parser.add_argument(
+        "--cleanup", action="store_true", help="only tear down stale instances and exit"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cleanup:
+        for d in cleanup_stale():
+            print(f"cleaned {d}")
+        return 0
+
+    def interrupt(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with Containerd(network=args.network) as ctrd:
+        print(f"containerd pid {ctrd.pid}: {ctrd.address}  (log {ctrd.log_path})", flush=True)
+        print(f"  crictl --runtime-endpoint {ctrd.address} ps -a", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
