@@ -162,8 +162,7 @@ class Choice(ValueType):
             return self.aliases[text]
         if text == "":
             raise BadValue("a value is required")
-        return_hint = _suggest(text, list(self.choices) + list(self.aliases))
-        raise BadValue(f"unknown value{return_hint}")
+        raise BadValue("unknown value" + _suggest(text, list(self.choices) + list(self.aliases)))
 
     def describe_allowed(self) -> str:
         text = "one of " + ", ".join(self.choices)
@@ -1045,7 +1044,9 @@ class Config:
 def diff_live(old: Config, new: Config) -> Tuple[List[Change], List[Change]]:
     """Split the differences from ``old`` to ``new`` into (live, restart-needed).
 
-    A key missing on one side (a balloon type added or removed) is None there.
+    A key missing on one side (a balloon type added or removed) is None there. A
+    change in the order of the balloon types (which decides matching) is the restart
+    change ``Change("policy.balloons.type.NAME", "order", old names, new names)``.
     """
     live: List[Change] = []
     restart: List[Change] = []
@@ -1061,6 +1062,13 @@ def diff_live(old: Config, new: Config) -> Tuple[List[Change], List[Change]]:
         assert template is not None
         change = Change(section, key, old_value, new_value)
         (live if _KEY_INDEX[(template, key)].live else restart).append(change)
+    common = set(old.balloon_type_names) & set(new.balloon_type_names)
+    old_order = [n for n in old.balloon_type_names if n in common]
+    new_order = [n for n in new.balloon_type_names if n in common]
+    if old_order != new_order:
+        restart.append(
+            Change(BALLOON_TYPE_SECTION, "order", old.balloon_type_names, new.balloon_type_names)
+        )
     return live, restart
 
 

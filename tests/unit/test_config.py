@@ -863,6 +863,17 @@ def test_diff_live(tmp_path: Path) -> None:
     assert len(back_live) == 3 and len(back_restart) == len(restart)
 
 
+def test_diff_live_balloon_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    write(a, {"1.conf": "[policy.balloons.type.x]\n[policy.balloons.type.y]\n"})
+    write(b, {"1.conf": "[policy.balloons.type.y]\n[policy.balloons.type.x]\n"})
+    live, restart = cfg.diff_live(load(str(a)), load(str(b)))
+    assert live == []
+    assert restart == [cfg.Change(cfg.BALLOON_TYPE_SECTION, "order", ("x", "y"), ("y", "x"))]
+
+
 # --- generated files ------------------------------------------------------------------
 
 
