@@ -1,0 +1,205 @@
+"""The interface between the CRI hooks and resource policies, and the records they share.
+
+Ownership: the plain records a policy sees (`Pod`, `Container`), what it answers
+(`Placement`, `Decision`) and the `Policy` base class. Nothing here knows protobuf or
+gRPC: `hooks.py` turns CRI messages into these records (with `podspec.py`), calls the
+policy under one lock, and turns the answer back into CRI fields.
+
+Units: CPU amounts are milli-CPUs (1000 = one CPU), memory is bytes, CPU sets are
+`CPUSet`s (kernel list syntax when printed), memory nodes are `CPUSet`s of NUMA node ids.
+
+Keys. A container is known to the policy by a string key chosen by the caller: the
+runtime's container id once it exists, a provisional key while CreateContainer is in
+flight (`Policy.rename` moves it). A policy never invents keys.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
+
+from cri_resmgr.resources.cpuset import CPUSet
+from cri_resmgr.resources.topology import Topology
+
+# QoS classes, as kubelet names them (lower case).
+GUARANTEED = "guaranteed"
+BURSTABLE = "burstable"
+BESTEFFORT = "besteffort"
+
+# CPU classes of a placement.
+EXCLUSIVE = "exclusive"  # CPUs no other container uses
+SHARED = "shared"  # the shared pool (or a pool's shared part)
+RESERVED = "reserved"  # the reserved CPUs (kube-system, reserved namespaces)
+ISOLATED = "isolated"  # kernel-isolated CPUs (isolcpus)
+PRESERVED = "preserved"  # left as the container asked (cpu.preserve, on-error=pass, ...)
+CPU_CLASSES = (EXCLUSIVE, SHARED, RESERVED, ISOLATED, PRESERVED)
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod sandbox as the policy sees it (from RunPodSandbox's config)."""
+
+    id: str  # sandbox id, "" until the runtime assigned one
+    uid: str
+    name: str
+    namespace: str
+    qos: str = BESTEFFORT  # from the cgroup parent kubelet chose
+    cgroup_parent: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    cpu_request: int = 0  # milli-CPUs; pod-level resources when kubelet sends them, else 0
+    cpu_limit: int = 0  # milli-CPUs, 0 = no limit
+    memory_limit: int = 0  # bytes, 0 = no limit
+    overhead_cpu: int = 0  # milli-CPUs (RuntimeClass overhead)
+    overhead_memory: int = 0  # bytes
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`, as operators name pods."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Container:
+    """A container as the policy sees it (from CreateContainer / UpdateContainerResources)."""
+
+    id: str  # runtime container id, "" while being created
+    pod_id: str
+    name: str
+    pod_name: str
+    namespace: str
+    qos: str = BESTEFFORT
+    cpu_request: int = 0  # milli-CPUs, estimated from cpu_shares as kubelet writes them
+    cpu_limit: int = 0  # milli-CPUs from cpu_quota/cpu_period, 0 = no limit
+    memory_limit: int = 0  # bytes from memory_limit_in_bytes, 0 = no limit
+    annotations: Mapping[str, str] = field(default_factory=dict)  # container annotations
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    cpuset_cpus: str = ""  # what the request asked for ("" = nothing)
+    cpuset_mems: str = ""
+
+    @property
+    def key(self) -> str:
+        """`namespace/pod:container`, as the logs and the dump name it."""
+        return f"{self.namespace}/{self.pod_name}:{self.name}"
+
+    @property
+    def exclusive_cpus(self) -> int:
+        """Whole CPUs a Guaranteed container with an integer request may own (else 0)."""
+        if self.qos == GUARANTEED and self.cpu_request > 0 and self.cpu_request % 1000 == 0:
+            return self.cpu_request // 1000
+        return 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a container runs. `None` fields leave the request's value untouched."""
+
+    cpus: CPUSet
+    mems: Optional[CPUSet] = None  # NUMA node ids for cpuset.mems
+    cpu_class: str = SHARED
+    pool: str = ""  # policy-specific pool name, shown by `cri-resmgr status`
+    cpu_shares: Optional[int] = None
+    exclusive: CPUSet = field(default_factory=CPUSet)  # part of `cpus` the container owns
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "cpus": str(self.cpus),
+            "mems": None if self.mems is None else str(self.mems),
+            "class": self.cpu_class,
+            "pool": self.pool,
+            "cpu_shares": self.cpu_shares,
+            "exclusive": str(self.exclusive),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Placement:
+        mems = data.get("mems")
+        return cls(
+            cpus=CPUSet.parse(data["cpus"]),
+            mems=None if mems is None else CPUSet.parse(mems),
+            cpu_class=data.get("class", SHARED),
+            pool=data.get("pool", ""),
+            cpu_shares=data.get("cpu_shares"),
+            exclusive=CPUSet.parse(data.get("exclusive", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A policy's answer: the asked container's placement plus knock-on changes.
+
+    `updates` are other containers (by key) whose placement changed as a consequence
+    (the shared pool shrank or grew); the hooks push them to the runtime with
+    UpdateContainerResources before answering kubelet.
+    """
+
+    placement: Optional[Placement] = None
+    updates: Mapping[str, Placement] = field(default_factory=dict)
+
+
+class Policy(abc.ABC):
+    """Base class of resource policies. The class docstring is the operator's manual
+    shown by `cri-resmgr -list-policies` (first line: one-line summary).
+
+    Calls come from one thread at a time (hooks hold a lock). A policy keeps its own
+    accounting in memory; what must survive a restart is the placements, which the
+    hooks persist and give back through `restore`.
+    """
+
+    NAME: ClassVar[str] = ""
+    ALIASES: ClassVar[Tuple[str, ...]] = ()
+    #: option keys of [policy.NAME] that `reconfigure` can apply to running containers
+    LIVE_OPTIONS: ClassVar[FrozenSet[str]] = frozenset()
+
+    def __init__(self, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> None:
+        """`reserved` is the resolved reserved CPU set (never empty for policies that
+        need one: the service resolves an amount to CPUs from the lowest cores)."""
+        self.topology = topology
+        self.reserved = reserved
+        self.options = dict(options)
+
+    @abc.abstractmethod
+    def allocate(self, key: str, pod: Pod, container: Container) -> Decision:
+        """Place a new container. Raises `errors.AllocationError` (or another
+        `errors.PolicyError`) when it cannot; nothing changes then."""
+
+    @abc.abstractmethod
+    def release(self, key: str) -> Decision:
+        """Forget a container (stopped or removed); unknown keys are ignored."""
+
+    @abc.abstractmethod
+    def update(self, key: str, pod: Pod, container: Container) -> Decision:
+        """Kubelet changed a container's resources (in-place resize): re-place it.
+        Raises `errors.PolicyError` when the new size cannot be satisfied; the old
+        placement stays then."""
+
+    @abc.abstractmethod
+    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+        """Adopt placements from the state file at start-up (before any other call).
+        Placements that no longer fit (CPUs offline or reserved now) are re-done;
+        those changes come back in `updates`."""
+
+    @abc.abstractmethod
+    def placements(self) -> Mapping[str, Placement]:
+        """Current placement of every container, by key."""
+
+    def rename(self, old: str, new: str) -> None:
+        """A provisional key became the runtime's container id."""
+        raise NotImplementedError
+
+    def reconfigure(self, options: Mapping[str, Any]) -> Decision:
+        """Apply changed live options (keys in `LIVE_OPTIONS`) to running containers."""
+        self.options.update(options)
+        return Decision()
+
+    def pools(self) -> Mapping[str, CPUSet]:
+        """Pool name -> CPUs, for status output."""
+        return {}
+
+    @classmethod
+    def description(cls) -> str:
+        """The operator's manual: the class docstring, dedented."""
+        import inspect  # noqa: PLC0415 - only for -list-policies
+
+        return inspect.cleandoc(cls.__doc__ or "")
