@@ -30,6 +30,11 @@ deps:
 
 generate: venv
 	$(PY) -m cri_resmgr.cri.generate
+	$(PY) -m cri_resmgr.config --write-conf etc/cri-resmgr/cri-resmgr.conf --write-docs docs/configuration.md
+
+check-generated: venv
+	$(PY) -m cri_resmgr.cri.generate --check
+	$(PY) -m cri_resmgr.config --check-conf etc/cri-resmgr/cri-resmgr.conf --check-docs docs/configuration.md
 
 # --- tests ---------------------------------------------------------------
 

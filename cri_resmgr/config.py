@@ -615,6 +615,7 @@ KEYS: Tuple[Key, ...] = (
         "containerd",
         "Which container runtime is behind the relay. It selects the default "
         "runtime-socket; custom requires runtime-socket to be set.",
+        flag="runner",
     ),
     Key(
         "runtime",
@@ -909,6 +910,16 @@ KEYS: Tuple[Key, ...] = (
         AbsPath(),
         "/var/run/cri-resmgr/cri-resmgr.pid",
         "PID file written when started with -daemon.",
+        flag="pid-file",
+    ),
+    Key(
+        "daemon",
+        "log-file",
+        AbsPath(),
+        "/var/log/cri-resmgr.log",
+        "Where the log goes when started with -daemon (there is no terminal or journal "
+        "then). The file is appended to and created with mode 0600.",
+        flag="log-file",
     ),
 )
 
