@@ -83,6 +83,9 @@ def test_table_is_consistent() -> None:
         "dump-file",
         "log-level",
         "debug",
+        "runner",
+        "pid-file",
+        "log-file",
     }
 
 
