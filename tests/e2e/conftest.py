@@ -98,3 +98,38 @@ def containerd_factory() -> Iterator[Callable[..., Containerd]]:
         except HarnessError as e:
             errors.append(str(e))
     assert not errors, errors
+
+
+@pytest.fixture
+def relay_factory(runtime: Containerd) -> Iterator[Callable[..., Any]]:
+    """`make(*flags, runtime_socket=None, workdir=None)`: a `cri-resmgr` service process
+    (`harness.relay.RelayProcess`, started) in front of the session containerd, in a
+    short private directory (unix socket paths are limited to 108 bytes). All are
+    stopped after the test; a relay that died or logged a traceback fails the test."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from harness.relay import RelayProcess  # noqa: PLC0415
+
+    made: list = []
+    dirs: list = []
+
+    def make(*flags: str, runtime_socket: Any = None, workdir: Any = None,
+             start: bool = True) -> RelayProcess:
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="crr-", dir="/tmp")
+            dirs.append(workdir)
+        proc = RelayProcess(runtime_socket or runtime.socket, Path(workdir), *flags)
+        made.append(proc)
+        return proc.start() if start else proc
+
+    yield make
+    logs = []
+    for proc in made:
+        if proc.running:
+            proc.stop()
+        if "Traceback" in proc.log_text():
+            logs.append(proc.log_text())
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    assert not logs, "relay logged a traceback:\n" + "\n".join(logs)

@@ -1,0 +1,208 @@
+"""The `cri-resmgr` command line: flags, sub-commands, and the hand-off to the service.
+
+Ownership: turning argv into either a service run (a validated `Config` plus the flag
+overrides it came from) or a sub-command call. Flag names follow the original Go
+tool and accept its single-dash spelling (`-relay-socket=/x`, `-relay-socket /x`) as
+well as `--relay-socket`. Every configuration flag is generated from the key table in
+`config.py`, so `--help`, the config file and the docs cannot disagree.
+
+Quoting: systemd expands `$POLICY_OPTIONS` from an environment file without removing
+quotes, so `-dump='reset,full:.*'` reaches us with the single quotes. A value wholly
+enclosed in one pair of matching quotes is unquoted, as a shell would have done.
+
+Sub-commands: `config check`, `simulate`, `kubelet`, `status` (each has `--help`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from cri_resmgr import config as cfg
+from cri_resmgr.errors import ConfigError, Error
+from cri_resmgr.version import __version__
+
+PROG = "cri-resmgr"
+
+# Flags that are not configuration keys.
+_CLI_FLAGS = ("config-dir", "list-policies", "print-config", "version", "daemon")
+
+
+def unquote(value: str) -> str:
+    """Strip one pair of matching quotes around the whole value (see module docstring)."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def normalize_argv(argv: Sequence[str]) -> List[str]:
+    """Go-style `-name[=value]` -> `--name[=value]`; unquote `=`-attached values."""
+    out: List[str] = []
+    rest = False
+    for original in argv:
+        arg = original
+        if rest:
+            out.append(arg)
+            continue
+        if arg == "--":
+            rest = True
+        elif len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and arg[1].isalpha():
+            arg = "-" + arg
+        if arg.startswith("--") and "=" in arg:
+            name, value = arg.split("=", 1)
+            arg = f"{name}={unquote(value)}"
+        out.append(arg)
+    return out
+
+
+def _service_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "CRI relay between kubelet and the container runtime that places containers "
+            "on CPUs and memory nodes according to a resource policy. Flags override "
+            "the configuration files; both single-dash (Go-style) and double-dash "
+            "spellings work. Sub-commands: config check, simulate, kubelet, status "
+            f"({PROG} SUBCOMMAND --help)."
+        ),
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        default=cfg.DEFAULT_CONFIG_DIR,
+        type=unquote,
+        help="read DIR/*.conf in lexical order (default %(default)s)",
+    )
+    for flag, key in cfg.FLAGS.items():
+        kwargs: Dict[str, object] = {
+            "dest": _dest(flag),
+            "metavar": "VALUE",
+            "type": unquote,
+            "help": f"[{key.section}] {key.name}: {key.help} Allowed: "
+            f"{key.type.describe_allowed()}.",
+        }
+        if isinstance(key.type, cfg.Bool):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        parser.add_argument("--" + flag, **kwargs)  # type: ignore[arg-type]
+    parser.add_argument(
+        "--list-policies", action="store_true", help="list the policies and their manuals"
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration and where each value came from",
+    )
+    parser.add_argument("--version", action="store_true", help="print the version")
+    parser.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach from the terminal (for hosts without systemd); see [daemon]",
+    )
+    return parser
+
+
+def _dest(flag: str) -> str:
+    return "flag_" + flag.replace("-", "_")
+
+
+def _overrides(args: argparse.Namespace) -> Dict[Tuple[str, str], str]:
+    out: Dict[Tuple[str, str], str] = {}
+    for flag, key in cfg.FLAGS.items():
+        value = getattr(args, _dest(flag), None)
+        if value is not None:
+            out[(key.section, key.name)] = value
+    return out
+
+
+def load_config(argv: Sequence[str]) -> Tuple[cfg.Config, argparse.Namespace, Dict]:
+    """Parse service flags and load the configuration they point at."""
+    args = _service_parser().parse_args(normalize_argv(argv))
+    overrides = _overrides(args)
+    return cfg.load(args.config_dir, overrides), args, overrides
+
+
+def _print_problems(exc: ConfigError) -> None:
+    print(f"{PROG}: invalid configuration ({len(exc.problems)} problems):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def cmd_config(argv: Sequence[str]) -> int:
+    """`cri-resmgr config check [flags]`: report every configuration problem."""
+    argv = list(argv)
+    if not argv or argv[0] != "check":
+        print(f"usage: {PROG} config check [-config-dir DIR] [flags]", file=sys.stderr)
+        return 2
+    try:
+        config, _, _ = load_config(argv[1:])
+    except ConfigError as exc:
+        _print_problems(exc)
+        return 1
+    files = ", ".join(config.files) or "no files (defaults and flags only)"
+    print(f"configuration OK: {files}")
+    return 0
+
+
+def cmd_simulate(argv: Sequence[str]) -> int:
+    from cri_resmgr import simulate  # noqa: PLC0415 - sub-command loads what it needs
+
+    return simulate.main(normalize_argv(argv))
+
+
+def cmd_kubelet(argv: Sequence[str]) -> int:
+    from cri_resmgr import kubelet  # noqa: PLC0415
+
+    return kubelet.main(normalize_argv(argv))
+
+
+def cmd_status(argv: Sequence[str]) -> int:
+    from cri_resmgr import status  # noqa: PLC0415
+
+    return status.main(normalize_argv(argv))
+
+
+SUBCOMMANDS: Dict[str, Callable[[Sequence[str]], int]] = {
+    "config": cmd_config,
+    "simulate": cmd_simulate,
+    "kubelet": cmd_kubelet,
+    "status": cmd_status,
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `cri-resmgr` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    try:
+        config, args, overrides = load_config(argv)
+    except ConfigError as exc:
+        if "--version" in normalize_argv(argv):
+            print(f"{PROG} {__version__}")
+            return 0
+        _print_problems(exc)
+        return 1
+    if args.version:
+        print(f"{PROG} {__version__}")
+        return 0
+    if args.list_policies:
+        from cri_resmgr import policy  # noqa: PLC0415
+
+        print(policy.describe_all())
+        return 0
+    if args.print_config:
+        print(config.describe())
+        return 0
+    from cri_resmgr import service  # noqa: PLC0415 - grpc is imported only to serve
+
+    try:
+        return service.run(config, overrides, daemon=args.daemon)
+    except Error as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

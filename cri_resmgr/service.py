@@ -1,0 +1,322 @@
+"""The composition root and lifecycle of the cri-resmgr service.
+
+Ownership: building every collaborator from the validated `Config` and passing it in
+(config -> state -> topology -> policy -> hooks -> dump -> relay), the start-up order
+(one instance per socket, runtime answers, state restored and resynced, *then* the
+relay socket appears), signals (SIGTERM/SIGINT stop, SIGHUP reload, SIGUSR1 debug
+toggle, SIGUSR2 dump summary), systemd readiness (`sd_notify`), `-daemon`, and the
+shutdown in reverse order.
+
+Nothing here touches a CRI message; see relay.py and hooks.py for that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from cri_resmgr import config as cfg
+from cri_resmgr import logs, relay
+from cri_resmgr.errors import ConfigError, Error
+from cri_resmgr.version import __version__
+
+log = logging.getLogger(__name__)
+
+Overrides = Dict[Tuple[str, str], str]
+
+
+class ServiceError(Error):
+    """The service cannot start (another instance runs, a path is unusable, ...)."""
+
+
+# --- systemd readiness -----------------------------------------------------------
+
+
+def sd_notify(state: str) -> bool:
+    """Send `state` (e.g. "READY=1") to systemd's notify socket; False if none."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+        return True
+    except OSError as exc:
+        log.warning("cannot notify systemd (%s): %s", os.environ.get("NOTIFY_SOCKET"), exc)
+        return False
+
+
+# --- one instance per relay socket ----------------------------------------------
+
+
+class InstanceLock:
+    """An exclusive `flock` on `<relay socket>.lock`, holding our pid for operators."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.path = socket_path + ".lock"
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise ServiceError(
+                    f"another cri-resmgr (pid {holder}) already serves "
+                    f"{self.path[: -len('.lock')]}; lock {self.path} is held"
+                ) from None
+            raise ServiceError(f"cannot lock {self.path}: {exc.strerror}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock; the file stays (harmless)
+            self.fd = None
+
+
+# --- the service -------------------------------------------------------------------
+
+
+class Service:
+    """One run of the service: `await run()` until a stop signal."""
+
+    def __init__(self, config: cfg.Config, overrides: Overrides, logging_: logs.Logging) -> None:
+        self.config = config
+        self.overrides = overrides
+        self.logging = logging_
+        self.pending_restart: List[cfg.Change] = []
+        self.started = time.time()
+        self.relay: Optional[relay.Relay] = None
+        self.dump: Any = None
+        self.hooks: Any = None
+        self.policy: Any = None
+        self.topology: Any = None
+        self.stopping: Optional[asyncio.Event] = None
+        self.lock = InstanceLock(config.get("relay", "socket"))
+        self._cancel_wait = threading.Event()
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+
+    # -- start-up
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.stopping = asyncio.Event()
+        self.lock.acquire()
+        try:
+            self._install_signals()
+            log.info(
+                "cri-resmgr %s starting: policy %s, runtime %s",
+                __version__,
+                self.config.policy_name,
+                self.config.get("runtime", "runtime-socket"),
+            )
+            if not await self._start():
+                return 0  # stopped while waiting for the runtime
+            sd_notify("READY=1")
+            log.info("ready: kubelet can use unix://%s", self.config.get("relay", "socket"))
+            await self.stopping.wait()
+            sd_notify("STOPPING=1")
+            await self._shutdown()
+            return 0
+        finally:
+            self.lock.release()
+
+    async def _start(self) -> bool:
+        """Everything before the socket opens. False if a stop came first."""
+        loop = asyncio.get_running_loop()
+        runtime = self.config.get("runtime", "runtime-socket")
+        try:
+            await loop.run_in_executor(None, self._wait_runtime, runtime)
+        except _Cancelled:
+            return False
+        await loop.run_in_executor(None, self._build_policy)
+        self.dump = self._build_dump()
+        observers = [o for o in (self.dump,) if o is not None]
+        hooks = self.hooks.table() if self.hooks is not None else {}
+        self.relay = relay.Relay(
+            runtime,
+            self.config.get("runtime", "image-socket"),
+            hooks=hooks,
+            observers=observers,
+        )
+        await self.relay.start(self.config.get("relay", "socket"), mode=0o660, owner_of=runtime)
+        return True
+
+    def _wait_runtime(self, address: str) -> None:
+        def sleep(seconds: float) -> None:
+            if self._cancel_wait.wait(seconds):
+                raise _Cancelled()
+
+        relay.wait_for_runtime(address, sleep=sleep)
+
+    def _build_policy(self) -> None:
+        """Topology, state, policy and hooks; restore and resync before serving."""
+        name = self.config.policy_name
+        if name == "none":
+            return
+        from cri_resmgr import hooks, policy, state  # noqa: PLC0415 - only with a policy
+        from cri_resmgr.cri.client import CriClient  # noqa: PLC0415
+        from cri_resmgr.policy import reserve  # noqa: PLC0415
+        from cri_resmgr.resources import topology  # noqa: PLC0415
+
+        self.topology = topology.load(self.config.get("host", "sysfs-root"))
+        log.info("topology: %s", self.topology.summary())
+        reserved = reserve.resolve_reserved(
+            self.topology, self.config.get("policy", "reserved-cpus")
+        )
+        cls = policy.get(name)
+        self.policy = cls(self.topology, reserved, self.config.policy_options(name))
+        store = state.StateStore(self.config.get("relay", "state-dir"))
+        client = CriClient(self.config.get("runtime", "runtime-socket"))
+        self.hooks = hooks.Hooks(self.policy, store, client, self.config)
+        self.hooks.resync()
+
+    def _build_dump(self) -> Any:
+        from cri_resmgr import dump  # noqa: PLC0415
+
+        d = dump.Dump(self.config.dump_rules, self.config.get("dump", "file") or None)
+        d.start()
+        return d
+
+    # -- signals
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        handlers: Dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self.stop,
+            signal.SIGINT: self.stop,
+            signal.SIGHUP: lambda: loop.create_task(self.reload()),
+            signal.SIGUSR1: self._toggle_debug,
+            signal.SIGUSR2: self._dump_summary,
+        }
+        for signum, handler in handlers.items():
+            loop.add_signal_handler(signum, handler)
+
+    def stop(self) -> None:
+        if self.stopping is not None and not self.stopping.is_set():
+            log.info("stop requested")
+            self._cancel_wait.set()
+            self.stopping.set()
+
+    def _toggle_debug(self) -> None:
+        on = self.logging.toggle_debug()
+        log.warning("debug logging for all modules %s (SIGUSR1)", "on" if on else "off")
+
+    def _dump_summary(self) -> None:
+        if self.dump is not None:
+            self.dump.write_summary()
+
+    async def reload(self) -> None:
+        """SIGHUP: validate the whole new configuration, then apply what can change live."""
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = cfg.load(self.config.config_dir, self.overrides)
+        except ConfigError as exc:
+            log.error("reload: configuration rejected, keeping the running one:\n%s", exc)
+            sd_notify("READY=1")
+            return
+        live, restart = cfg.diff_live(self.config, new)
+        for change in restart:
+            log.warning(
+                "reload: [%s] %s changed (%s -> %s): needs a restart; keeping %s",
+                change.section,
+                change.key,
+                change.old,
+                change.new,
+                change.old,
+            )
+        await self._apply_live(new, live)
+        self.pending_restart = list(restart)
+        self.config = new
+        log.info("reload: %d live changes applied, %d need a restart", len(live), len(restart))
+        sd_notify("READY=1")
+
+    async def _apply_live(self, new: cfg.Config, live: List[cfg.Change]) -> None:
+        sections = {c.section for c in live}
+        if "log" in sections:
+            self.logging.configure(new.get("log", "level"), new.get("log", "debug"))
+        if "dump" in sections and self.dump is not None:
+            self.dump.set_rules(new.dump_rules)
+            self.dump.set_path(new.get("dump", "file") or None)
+            if self.relay is not None:
+                self.relay.set_observers([self.dump])
+        policy_section = f"policy.{new.policy_name}"
+        if self.hooks is not None and policy_section in sections:
+            options = new.policy_options(new.policy_name)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self.hooks.reconfigure, options)
+
+    def reopen_dump(self) -> None:
+        if self.dump is not None:
+            self.dump.reopen()
+
+    # -- shutdown
+
+    async def _shutdown(self) -> None:
+        grace = float(self.config.get("relay", "grace-period"))
+        if self.relay is not None:
+            await self.relay.stop(grace)
+        if self.hooks is not None:
+            self.hooks.close()
+        if self.dump is not None:
+            self.dump.stop()
+        log.info("stopped")
+
+
+class _Cancelled(Exception):
+    """A stop signal arrived while the service was still starting."""
+
+
+def _daemonize(config: cfg.Config) -> Any:
+    """Detach (python-daemon): before any thread or gRPC object exists."""
+    import daemon  # noqa: PLC0415 - only for -daemon
+    import daemon.pidfile  # noqa: PLC0415
+
+    log_file = config.get("daemon", "log-file")
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    stream = os.fdopen(fd, "a", buffering=1)
+    pid_file = config.get("daemon", "pid-file")
+    os.makedirs(os.path.dirname(pid_file), exist_ok=True)
+    context = daemon.DaemonContext(
+        pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=1),
+        stdout=stream,
+        stderr=stream,
+        files_preserve=[stream],
+        umask=0o022,
+        detach_process=True,
+    )
+    context.open()
+    return context
+
+
+def run(config: cfg.Config, overrides: Overrides, daemon: bool = False) -> int:
+    """Run the service until stopped; the exit status for the process."""
+    context = _daemonize(config) if daemon else None
+    logging_ = logs.Logging()
+    logging_.configure(config.get("log", "level"), config.get("log", "debug"))
+    try:
+        return asyncio.run(Service(config, overrides, logging_).run())
+    except Error as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        if context is not None:
+            context.close()
