@@ -176,13 +176,17 @@ def write_sysfs(
     smt_adjacent: bool = False,
     base_freq_khz: Optional[int] = 2_000_000,
     numa: bool = True,
+    extras: bool = True,
 ) -> Synthetic:
     """Write a sysfs tree for a generated machine under ``root`` (``root/sys/...``).
 
     ``memory_only_nodes``: `MemoryOnlyNode`, ``(kind, socket)`` or a dict of its
     fields each. ``isolated``/``offline``: CPU lists (``"2-3"``). ``node_memory``:
     bytes per CPU node. ``numa=False`` leaves out ``devices/system/node`` (a kernel
-    without CONFIG_NUMA). Returns what it wrote.
+    without CONFIG_NUMA). ``extras=False`` writes only what `topology.load` reads
+    (no L1/L2 caches, hex masks besides the L3's, package/die lists, node->cpu
+    links): a third of the files, for tests and benchmarks on slow disks. Returns
+    what it wrote.
     """
     for name, value in (
         ("sockets", sockets),
@@ -204,6 +208,7 @@ def write_sysfs(
         isolated=CPUSet.parse(isolated),
         node_memory=node_memory,
         specs=[_memory_spec(spec) for spec in memory_only_nodes],
+        extras=extras,
     )
     base = Path(root)
     w = _Writer(base / "sys")
@@ -230,7 +235,9 @@ class _Machine:
         isolated: CPUSet,
         node_memory: int,
         specs: List[MemoryOnlyNode],
+        extras: bool = True,
     ) -> None:
+        self.extras = extras
         self.sockets = sockets
         self.dies = dies
         self.nodes_per_die = nodes_per_die
@@ -354,8 +361,9 @@ class _Machine:
         w.write(f"{cpu}/possible", self.possible)
         w.write(f"{cpu}/present", self.possible)
         w.write(f"{cpu}/isolated", self.isolated)
-        w.write(f"{cpu}/kernel_max", 8191)
-        w.write(f"{cpu}/smt/active", int(self.threads > 1))
+        if self.extras:
+            w.write(f"{cpu}/kernel_max", 8191)
+            w.write(f"{cpu}/smt/active", int(self.threads > 1))
         for c in self.possible:
             rel = f"{cpu}/cpu{c}"
             if numa:
@@ -369,7 +377,8 @@ class _Machine:
                     w.write(f"{policy}/base_frequency", base_freq_khz)
                     w.write(f"{policy}/cpuinfo_min_freq", 800_000)
                     w.write(f"{policy}/cpuinfo_max_freq", base_freq_khz + 1_500_000)
-                    w.write(f"{policy}/affected_cpus", c)
+                    if self.extras:
+                        w.write(f"{policy}/affected_cpus", c)
                     w.link(f"{rel}/cpufreq", f"../cpufreq/policy{c}")
 
     def _write_cpu(self, w: _Writer, c: int, rel: str) -> None:
@@ -378,15 +387,19 @@ class _Machine:
         w.write(f"{topo}/physical_package_id", s)
         w.write(f"{topo}/die_id", d)
         w.write(f"{topo}/core_id", core_id)
-        for name, cpus in (
-            ("core_cpus", self.core_threads[c]),
-            ("thread_siblings", self.core_threads[c]),
-            ("die_cpus", self.die_cpus[(s, d)]),
-            ("core_siblings", self.pkg_cpus[s]),
-            ("package_cpus", self.pkg_cpus[s]),
-        ):
-            w.write(f"{topo}/{name}_list", cpus)
-            w.write(f"{topo}/{name}", self.mask(cpus))
+        w.write(f"{topo}/core_cpus_list", self.core_threads[c])
+        w.write(f"{topo}/thread_siblings_list", self.core_threads[c])
+        if self.extras:
+            for name, cpus in (
+                ("core_cpus", self.core_threads[c]),
+                ("thread_siblings", self.core_threads[c]),
+                ("die_cpus", self.die_cpus[(s, d)]),
+                ("core_siblings", self.pkg_cpus[s]),
+                ("package_cpus", self.pkg_cpus[s]),
+            ):
+                if name not in ("core_cpus", "thread_siblings"):
+                    w.write(f"{topo}/{name}_list", cpus)
+                w.write(f"{topo}/{name}", self.mask(cpus))
         core_index = s * self.cores_per_socket + core_id
         caches = (
             (1, "Data", core_index, "48K", self.core_threads[c]),
@@ -401,6 +414,8 @@ class _Machine:
             ),
         )
         for index, (level, kind, cache_id, size, shared) in enumerate(caches):
+            if level < 3 and not self.extras:
+                continue
             cache = f"{rel}/cache/index{index}"
             w.write(f"{cache}/level", level)
             w.write(f"{cache}/type", kind)
@@ -420,11 +435,12 @@ class _Machine:
         for n in self.nodes:
             rel = f"{node_dir}/node{n}"
             w.write(f"{rel}/cpulist", self.node_cpus[n])
-            w.write(f"{rel}/cpumap", self.mask(self.node_cpus[n]))
             w.write(f"{rel}/distance", " ".join(str(self.distances[(n, m)]) for m in self.nodes))
             w.write(f"{rel}/meminfo", _meminfo(n, self.node_memory[n]))
-            for c in self.node_cpus[n]:
-                w.link(f"{rel}/cpu{c}", f"../../cpu/cpu{c}")
+            if self.extras:
+                w.write(f"{rel}/cpumap", self.mask(self.node_cpus[n]))
+                for c in self.node_cpus[n]:
+                    w.link(f"{rel}/cpu{c}", f"../../cpu/cpu{c}")
 
     def write_evidence(self, w: _Writer) -> None:
         evidence = {spec.evidence for spec in self.mem_specs.values()}
