@@ -418,9 +418,9 @@ class CPUSet:
 
 
 # Slot setters that bypass the immutability guard (about as fast as plain assignment).
-_set_bits = CPUSet._bits.__set__  # type: ignore[attr-defined]
-_set_ids = CPUSet._ids.__set__  # type: ignore[attr-defined]
-_set_str = CPUSet._str.__set__  # type: ignore[attr-defined]
+_set_bits = CPUSet._bits.__set__  # type: ignore[attr-defined,misc]
+_set_ids = CPUSet._ids.__set__  # type: ignore[attr-defined,misc]
+_set_str = CPUSet._str.__set__  # type: ignore[attr-defined,misc]
 _object_new = object.__new__
 
 

@@ -110,6 +110,7 @@ class FrozenMap(Mapping[K, V]):
     """A read-only, hashable, picklable dict (keys in insertion = sorted order)."""
 
     __slots__ = ("_data",)
+    _data: Dict[K, V]
 
     def __init__(self, data: Union[Mapping[K, V], Iterable[Tuple[K, V]]] = ()) -> None:
         object.__setattr__(self, "_data", dict(data))
@@ -476,8 +477,8 @@ class _Loader:
                 if len(pkgs) > 1:
                     log.warning("node %d has CPUs in packages %s", node.id, pkgs)
                 node.package = pkgs[0]
-                dies = sorted({raw[c].die for c in node.cpus if raw[c].package == pkgs[0]})
-                node.die = dies[0]
+                node_dies = sorted({raw[c].die for c in node.cpus if raw[c].package == pkgs[0]})
+                node.die = node_dies[0]
         l3_key, l3_groups = self._l3_groups(raw)
 
         cores: Dict[int, CPUSet] = {}

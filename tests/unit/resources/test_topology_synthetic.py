@@ -280,10 +280,24 @@ def test_write_sysfs_validates(tmp_path: Path) -> None:
 
 
 def test_cpu_id_formula() -> None:
-    dims = dict(dies_per_socket=1, nodes_per_die=2, cores_per_node=4, threads_per_core=2, sockets=2)
-    assert synthetic.cpu_id(0, 0, 0, 0, 1, **dims) == 16
-    assert synthetic.cpu_id(1, 0, 1, 3, 0, **dims) == 15
-    assert synthetic.cpu_id(0, 0, 0, 1, 1, smt_adjacent=True, **dims) == 3
+    def cid(socket: int, node: int, core: int, thread: int, smt_adjacent: bool = False) -> int:
+        return synthetic.cpu_id(
+            socket,
+            0,
+            node,
+            core,
+            thread,
+            dies_per_socket=1,
+            nodes_per_die=2,
+            cores_per_node=4,
+            threads_per_core=2,
+            sockets=2,
+            smt_adjacent=smt_adjacent,
+        )
+
+    assert cid(0, 0, 0, 1) == 16
+    assert cid(1, 1, 3, 0) == 15
+    assert cid(0, 0, 1, 1, smt_adjacent=True) == 3
 
 
 def test_small_fixture(small: Path) -> None:
