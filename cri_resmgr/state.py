@@ -1,0 +1,436 @@
+"""Persisted pods, containers and CPU allocations: a versioned JSON file, written atomically.
+
+Ownership: the state directory (``[relay] state-dir``, default ``/var/lib/cri-resmgr``,
+mode 0700) and the file ``state.json`` in it (mode 0600), the in-memory copy of what it
+holds, and what happens when it is missing, corrupt, of another version or of another
+policy. It does not lock the directory against a second cri-resmgr (``service.py``
+holds the lock file) and it does not talk to the runtime (``hooks.resync`` does).
+
+File format (version 1)::
+
+    {"version": 1, "policy": "static", "saved": "2024-05-01T12:00:00Z",
+     "pods": {"<sandbox id>": {Pod fields}},
+     "containers": {"<container id>": {"container": {Container fields},
+                                       "resources": {LinuxResources fields that are set},
+                                       "placement": {Placement.to_json()} or null,
+                                       "stopped": false}}}
+
+Containers are keyed by the runtime's container id, which is also the key the policy
+knows them by; in-flight provisional keys are never persisted.
+
+Writes: `State.save()` serializes a snapshot under the state's lock, then writes it to
+a temporary file in the same directory, fsyncs it, renames it over ``state.json`` and
+fsyncs the directory, so a crash leaves either the old or the new file, never a torn
+one. Concurrent callers share writes (group commit): a caller whose change is already in
+a file written by another thread returns without writing again.
+
+Loading (`State.load`) never fails on the file's contents: a truncated or corrupt file,
+or one of an unknown version, is renamed to ``state.json.corrupt-<UTC timestamp>`` (or
+``.v<N>-<timestamp>``) with a warning and an empty state is used; ``hooks.resync`` then
+rebuilds it from the runtime. A file of another policy drops every placement (each
+container is placed again by the new policy, and a warning says so) unless
+``disable-policy-switch`` is set, in which case `StateError` refuses to start.
+Problems with the directory itself (cannot create, cannot read) raise `StateError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+from cri_resmgr.errors import StateError
+from cri_resmgr.podspec import LinuxResources
+from cri_resmgr.policy.base import Container, Placement, Pod
+
+__all__ = ["DEFAULT_DIR", "STATE_FILE", "VERSION", "ContainerEntry", "State"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = "/var/lib/cri-resmgr"
+STATE_FILE = "state.json"
+VERSION = 1
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+@dataclass
+class ContainerEntry:
+    """One container as the state keeps it.
+
+    `resources` are the CPU/memory fields kubelet last asked for (CreateContainer or
+    UpdateContainerResources), re-sent with our cpusets when a placement changes.
+    `placement` is None for containers the policy did not place (policy none,
+    ``on-error = pass``) and after StopContainer released it (`stopped`).
+    """
+
+    container: Container
+    resources: LinuxResources = LinuxResources()
+    placement: Optional[Placement] = None
+    stopped: bool = False
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "container": _record_json(self.container),
+            "resources": self.resources.to_json(),
+            "placement": None if self.placement is None else self.placement.to_json(),
+            "stopped": self.stopped,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ContainerEntry:
+        placement = data.get("placement")
+        return cls(
+            container=_record(Container, data["container"]),
+            resources=LinuxResources.from_json(data.get("resources") or {}),
+            placement=None if placement is None else Placement.from_json(placement),
+            stopped=bool(data.get("stopped", False)),
+        )
+
+
+def _record_json(record: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        out[f.name] = dict(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def _record(cls: Any, data: Mapping[str, Any]) -> Any:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"{cls.__name__} record is not an object")
+    known = {f.name for f in fields(cls)}
+    record = cls(**{k: v for k, v in data.items() if k in known})
+    for f in fields(cls):
+        value = getattr(record, f.name)
+        if f.type in ("str", "int") and not isinstance(value, (str if f.type == "str" else int)):
+            raise TypeError(f"{cls.__name__}.{f.name} is {type(value).__name__}, not {f.type}")
+    return record
+
+
+class _Corrupt(Exception):
+    """The state file cannot be used; `suffix` names the moved-aside copy."""
+
+    def __init__(self, reason: str, suffix: str = "corrupt") -> None:
+        super().__init__(reason)
+        self.suffix = suffix
+
+
+def _utc_stamp(wall: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(wall))
+
+
+class State:
+    """Pods and containers with their placements, kept in memory and in ``state.json``.
+
+    Build it with `State.load` (or `State(None, policy)` for a state that is never
+    written, as `simulate` may use). The dictionaries and entries are changed only
+    through the methods below (they also keep the per-record JSON cache right); each
+    takes the state's own lock, so `save()` from any thread sees a consistent
+    snapshot. Callers that must keep the state in step with the policy (hooks) hold
+    their own lock around both.
+    """
+
+    def __init__(
+        self, directory: Optional[str], policy: str, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, STATE_FILE) if directory else None
+        self.policy = policy
+        self.pods: Dict[str, Pod] = {}
+        self.containers: Dict[str, ContainerEntry] = {}
+        #: what load() found: "missing", "loaded", "moved-aside", "switched"
+        self.origin = "missing"
+        #: path the unusable file was moved to (origin "moved-aside")
+        self.moved_to: Optional[str] = None
+        #: policy of the loaded file when it differs from `policy` (origin "switched")
+        self.switched_from: Optional[str] = None
+        #: wall-clock seconds of the last successful write, and how long it took (s)
+        self.last_save: Optional[float] = None
+        self.last_save_seconds: Optional[float] = None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._generation = 0
+        self._written = 0
+        self._pending: Tuple[int, bytes] = (0, b"")
+        self._dir_fd: Optional[int] = None
+        # serialized JSON of each record, dropped when a method changes the record
+        self._pod_json: Dict[str, str] = {}
+        self._container_json: Dict[str, str] = {}
+
+    # -- loading
+
+    @classmethod
+    def load(
+        cls,
+        directory: str,
+        policy: str,
+        disable_policy_switch: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> State:
+        """Read ``directory/state.json`` for `policy` (see the module docstring)."""
+        state = cls(directory, policy, clock)
+        state._prepare_directory()
+        assert state.path is not None
+        try:
+            with open(state.path, "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            log.info("no state file %s: starting with an empty state", state.path)
+            return state
+        except IsADirectoryError:
+            state._move_aside(_Corrupt("it is a directory"))
+            return state
+        except OSError as exc:
+            raise StateError(f"cannot read state file {state.path}: {exc.strerror}") from exc
+        try:
+            data = state._parse(raw)
+        except _Corrupt as exc:
+            state._move_aside(exc)
+            return state
+        old_policy = data["policy"]
+        if old_policy != policy:
+            if disable_policy_switch:
+                raise StateError(
+                    f"state file {state.path} holds the placements of policy {old_policy!r} but "
+                    f"the configured policy is {policy!r}, and disable-policy-switch refuses to "
+                    f"switch; configure policy {old_policy!r} again, or remove {state.path} "
+                    "(or unset disable-policy-switch) to re-place every container"
+                )
+            dropped = sum(1 for e in state.containers.values() if e.placement is not None)
+            for entry in state.containers.values():
+                entry.placement = None
+            state.origin = "switched"
+            state.switched_from = old_policy
+            log.warning(
+                "policy switch: state file %s is of policy %r, the configured policy is %r; "
+                "dropping %d placements, every container is placed again",
+                state.path,
+                old_policy,
+                policy,
+                dropped,
+            )
+        else:
+            state.origin = "loaded"
+            log.info(
+                "state loaded from %s: %d pods, %d containers",
+                state.path,
+                len(state.pods),
+                len(state.containers),
+            )
+        return state
+
+    def _prepare_directory(self) -> None:
+        assert self.directory is not None
+        try:
+            os.makedirs(self.directory, mode=DIR_MODE, exist_ok=True)
+            mode = os.stat(self.directory).st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(self.directory, DIR_MODE)
+                log.info("state directory %s was mode %o; now %o", self.directory, mode, DIR_MODE)
+            self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StateError(
+                f"state directory {self.directory} cannot be used: {exc.strerror}; "
+                "it must be a directory writable by cri-resmgr ([relay] state-dir)"
+            ) from exc
+
+    def _parse(self, raw: bytes) -> Dict[str, Any]:
+        if not raw.strip():
+            raise _Corrupt("it is empty")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise _Corrupt(f"it is not JSON ({exc})") from None
+        if not isinstance(data, dict) or "version" not in data:
+            raise _Corrupt("it has no version")
+        version = data["version"]
+        if version != VERSION:
+            if isinstance(version, int) and not isinstance(version, bool):
+                newer = " (written by a newer cri-resmgr)" if version > VERSION else ""
+                raise _Corrupt(
+                    f"it is version {version}{newer}; this cri-resmgr reads version {VERSION}",
+                    suffix=f"v{version}",
+                )
+            raise _Corrupt(f"its version {version!r} is not a number")
+        try:
+            policy = data["policy"]
+            if not isinstance(policy, str):
+                raise TypeError("policy is not a string")
+            pods = {str(k): _record(Pod, v) for k, v in dict(data["pods"]).items()}
+            containers = {
+                str(k): ContainerEntry.from_json(v) for k, v in dict(data["containers"]).items()
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _Corrupt(f"its contents do not fit version {VERSION} ({exc!r})") from None
+        self.pods = pods
+        self.containers = containers
+        return data
+
+    def _move_aside(self, problem: _Corrupt) -> None:
+        assert self.path is not None
+        stamp = _utc_stamp(self._clock())
+        target = f"{self.path}.{problem.suffix}-{stamp}"
+        n = 1
+        while os.path.lexists(target):
+            n += 1
+            target = f"{self.path}.{problem.suffix}-{stamp}.{n}"
+        try:
+            os.rename(self.path, target)
+        except OSError as exc:
+            raise StateError(
+                f"state file {self.path} is unusable ({problem}) and cannot be moved aside: "
+                f"{exc.strerror}"
+            ) from exc
+        self.pods, self.containers = {}, {}
+        self.origin = "moved-aside"
+        self.moved_to = target
+        log.warning(
+            "state file %s is unusable: %s; moved to %s, the state is rebuilt from the runtime",
+            self.path,
+            problem,
+            target,
+        )
+
+    # -- changes
+
+    def put_pod(self, pod: Pod) -> None:
+        with self._lock:
+            self.pods[pod.id] = pod
+            self._pod_json.pop(pod.id, None)
+
+    def drop_pod(self, pod_id: str) -> List[str]:
+        """Forget a pod and its containers; the ids of the containers dropped."""
+        with self._lock:
+            self.pods.pop(pod_id, None)
+            gone = [cid for cid, e in self.containers.items() if e.container.pod_id == pod_id]
+            for cid in gone:
+                del self.containers[cid]
+            return gone
+
+    def put_container(self, entry: ContainerEntry) -> None:
+        with self._lock:
+            self.containers[entry.container.id] = entry
+            self._container_json.pop(entry.container.id, None)
+
+    def drop_container(self, container_id: str) -> Optional[ContainerEntry]:
+        with self._lock:
+            return self.containers.pop(container_id, None)
+
+    def set_placement(self, container_id: str, placement: Optional[Placement]) -> bool:
+        """Record a container's new placement; False if the container is unknown."""
+        with self._lock:
+            entry = self.containers.get(container_id)
+            if entry is None:
+                return False
+            entry.placement = placement
+            self._container_json.pop(container_id, None)
+            return True
+
+    def update(self, container_id: str, **changes: Any) -> bool:
+        """Change fields of a container's entry (`resources`, `stopped`, `container`)."""
+        with self._lock:
+            entry = self.containers.get(container_id)
+            if entry is None:
+                return False
+            for name, value in changes.items():
+                setattr(entry, name, value)
+            self._container_json.pop(container_id, None)
+            return True
+
+    def placements(self) -> Dict[str, Placement]:
+        """Container id -> placement, for the containers that have one."""
+        with self._lock:
+            return {cid: e.placement for cid, e in self.containers.items() if e.placement}
+
+    # -- writing
+
+    def to_json(self) -> Dict[str, Any]:
+        """The file's contents as a JSON object (a snapshot)."""
+        with self._lock:
+            return json.loads(self._serialize())  # type: ignore[no-any-return]
+
+    def _serialize(self) -> str:
+        """The file's text. Each record's JSON is cached until a method changes it, so a
+        save costs one `json.dumps` per changed record plus a join (caller holds _lock)."""
+        pods = self._pod_json
+        for pid in [p for p in pods if p not in self.pods]:
+            del pods[pid]
+        for pid, pod in self.pods.items():
+            if pid not in pods:
+                pods[pid] = json.dumps(_record_json(pod), separators=(",", ":"))
+        conts = self._container_json
+        for cid in [c for c in conts if c not in self.containers]:
+            del conts[cid]
+        for cid, entry in self.containers.items():
+            if cid not in conts:
+                conts[cid] = json.dumps(entry.to_json(), separators=(",", ":"))
+        saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._clock()))
+        head = json.dumps({"version": VERSION, "policy": self.policy, "saved": saved})
+        return "".join(
+            (
+                head[:-1],
+                ',"pods":{',
+                ",".join(f"{json.dumps(k)}:{v}" for k, v in pods.items()),
+                '},"containers":{',
+                ",".join(f"{json.dumps(k)}:{v}" for k, v in conts.items()),
+                "}}\n",
+            )
+        )
+
+    def save(self) -> None:
+        """Write the current state atomically; returns once it is on disk.
+
+        Raises `StateError` when the file cannot be written (the in-memory state stays;
+        the next save tries again). A state without a directory is not written.
+        """
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+            data = self._serialize().encode()
+            self._pending = (generation, data)
+        if self.path is None:
+            return
+        with self._write_lock:
+            if self._written >= generation:
+                return  # a newer snapshot, which includes ours, is on disk already
+            latest, data = self._pending
+            start = time.monotonic()
+            self._write(data)
+            self.last_save_seconds = time.monotonic() - start
+            self.last_save = self._clock()
+            self._written = latest
+
+    def _write(self, data: bytes) -> None:
+        assert self.path is not None and self.directory is not None
+        tmp = os.path.join(self.directory, f".{STATE_FILE}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, self.path)
+            if self._dir_fd is None:
+                self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(self._dir_fd)
+        except OSError as exc:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise StateError(f"cannot write state file {self.path}: {exc.strerror}") from exc
+
+    def close(self) -> None:
+        """Release the directory handle (the state stays usable in memory)."""
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
