@@ -214,6 +214,15 @@ def _yaml_bool(value: bool) -> str:
 
 
 _FT = FieldDescriptor
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    flag = getattr(fd, "is_repeated", None)  # protobuf >= 6; `label` is deprecated there
+    if flag is not None:
+        return bool(flag() if callable(flag) else flag)
+    return fd.label == _FT.LABEL_REPEATED
+
+
 _SCALAR = 0
 _MESSAGE = 1
 _SCALARS = 2
@@ -284,7 +293,7 @@ class YamlWriter:
             kind = _MAP_OF_MESSAGES if vfd.message_type is not None else _MAP
             if kind == _MAP:
                 render = self._render(vfd)
-        elif fd.label == _FT.LABEL_REPEATED:
+        elif _is_repeated(fd):
             kind = _MESSAGES if mt is not None else _SCALARS
         else:
             kind = _MESSAGE if mt is not None else _SCALAR
