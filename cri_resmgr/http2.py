@@ -188,7 +188,10 @@ class BlockDecoder:
         self._decoder.max_allowed_table_size = max(self._decoder.max_allowed_table_size, size)
 
     def decode(self, block: bytes) -> Headers:
-        """Decode one complete header block into (name, value) pairs."""
+        """Decode one complete header block into (name, value) pairs.
+
+        Names and values are the header bytes as latin-1 strings (one char per byte).
+        """
         hit = self._memo.get(block)
         if hit is not None:
             return hit
@@ -196,15 +199,19 @@ class BlockDecoder:
         table = self._decoder.header_table
         size_before = table.maxsize
         try:
-            headers = tuple(self._decoder.decode(block))
+            raw = self._decoder.decode(block, raw=True)
         except hpack.HPACKError as exc:
             raise ProtocolError(f"header compression error: {exc}") from exc
+        # Latin-1 maps bytes 1:1 to str: values need not be UTF-8 (gRPC peers send
+        # -bin metadata as raw bytes once both advertise true binary metadata), and
+        # encode_block turns the strings back into the very same bytes.
+        headers = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in raw)
         if self._generation != before or table.maxsize != size_before:
             self._generation += 1
             self._memo.clear()
         elif len(self._memo) < self._MEMO_LIMIT:
-            self._memo[block] = headers  # type: ignore[assignment]
-        return headers  # type: ignore[return-value]
+            self._memo[block] = headers
+        return headers
 
 
 # RFC 7541 appendix A: static table names, first index wins.
