@@ -217,6 +217,9 @@ class _LocalCall:
 
 
 def _b64decode(value: str) -> bytes:
+    """The bytes of a `-bin` header value (a latin-1 string, see http2.BlockDecoder)."""
+    if value.startswith("\x00"):
+        return value[1:].encode("latin-1")  # true binary metadata (grpc-core extension)
     return base64.b64decode(value + "=" * (-len(value) % 4))
 
 
@@ -287,6 +290,7 @@ class _Conn(asyncio.Protocol):
         self.down_window = http2.DEFAULT_WINDOW  # real connection window towards the client
         self.debt = 0  # reply bytes we wrote that the runtime does not know about
         self.held: Deque[Tuple[bytes, int]] = collections.deque()  # (frames, DATA bytes)
+        self.waiting: Dict[int, _Stream] = {}  # local calls with reply data waiting for window
         self.last_sid = 0
         self.draining = False
         self.closed = False
@@ -427,7 +431,7 @@ class _Conn(asyncio.Protocol):
             elif ftype == http2.WINDOW_UPDATE:
                 if sid == 0:
                     inc = http2.read_u32(buf, pos + 9) & 0x7FFFFFFF
-                    if self.debt or self.held:
+                    if self.debt or self.held or self.waiting:
                         self._forward(buf, run, pos)
                         run = nxt
                         self._client_conn_window(inc)
@@ -463,6 +467,8 @@ class _Conn(asyncio.Protocol):
             for stream in self.streams.values():
                 if stream.local is not None:
                     stream.local.send_window += delta
+            if delta > 0 and self.waiting:
+                self._release()
 
     def _client_conn_window(self, inc: int) -> None:
         """A client WINDOW_UPDATE on the connection: keep what pays for our own replies."""
@@ -570,6 +576,9 @@ class _Conn(asyncio.Protocol):
                         # The runtime counts on window our own replies used: wait for more.
                         self._emit_run(buf, run, pos, run_cost, out)
                         run, run_cost = nxt, 0
+                        if out:  # what came before goes first
+                            self._emit(b"".join(out) if len(out) > 1 else out[0], 0)
+                            out.clear()
                         self._emit(buf[pos:nxt], length)
                     else:
                         run_cost += length
@@ -622,28 +631,50 @@ class _Conn(asyncio.Protocol):
             out.clear()
 
     def _emit(self, data: bytes, cost: int) -> None:
-        """Write frames to the client in order; DATA waits while the real window is short."""
+        """Write frames to the client in order; DATA waits while the real window is short.
+
+        `cost` > 0 means `data` is exactly one DATA frame of that payload length.
+        """
         if self.held or (cost and self.debt and cost > self.down_window):
             self.held.append((data, cost))
+            if len(self.held) == 1:
+                self._flush_held(False)
             return
         self.down_window -= cost
         if self.down is not None:
             self.down.write(data)
 
-    def _release(self, force: bool = False) -> None:
-        """The client's window grew: write what was held back, in order."""
-        while self.held:
-            data, cost = self.held[0]
+    def _flush_held(self, force: bool) -> None:
+        """Write held frames, in order, as far as the client's window allows.
+
+        A DATA frame larger than the window is split: the client sees a window that
+        is short but not empty as no reason to send WINDOW_UPDATE, so waiting for the
+        whole frame to fit could wait forever.
+        """
+        held = self.held
+        while held:
+            data, cost = held[0]
             if cost and self.debt and cost > self.down_window and not force:
+                room = self.down_window
+                if room <= 0 or data[4] & http2.FLAG_PADDED:
+                    return
+                flags, sid = http2.read_header(data, 0)[2:]
+                head = http2.frame(http2.DATA, 0, sid, data[9 : 9 + room])
+                held[0] = (http2.frame(http2.DATA, flags, sid, data[9 + room :]), cost - room)
+                self.down_window -= room
+                if self.down is not None:
+                    self.down.write(head)
                 return
-            self.held.popleft()
+            held.popleft()
             self.down_window -= cost
             if self.down is not None:
                 self.down.write(data)
-        for stream in list(self.streams.values()):
-            if stream.local is not None and (
-                stream.local.pending or stream.local.trailers is not None
-            ):
+
+    def _release(self, force: bool = False) -> None:
+        """The client's window grew: write what was held back, then waiting replies."""
+        self._flush_held(force)
+        if self.waiting and not self.held:
+            for stream in list(self.waiting.values()):
                 self._pump_local(stream)
 
     def _server_headers_frame(
@@ -766,12 +797,12 @@ class _Conn(asyncio.Protocol):
         call = stream.local
         assert call is not None
         while call.pending:
-            if self.held:
-                return  # _release() calls again once the held frames are out
-            chunk = call.pending[0]
             room = min(call.send_window, self.down_window, self.client_max_frame)
-            if room <= 0:
+            if self.held or room <= 0:
+                # _release() (connection window) or a stream WINDOW_UPDATE calls again.
+                self.waiting[stream.sid] = stream
                 return
+            chunk = call.pending[0]
             piece, rest = chunk[:room], chunk[room:]
             if rest:
                 call.pending[0] = rest
@@ -780,6 +811,7 @@ class _Conn(asyncio.Protocol):
             call.send_window -= len(piece)
             self.debt += len(piece)
             self._emit(http2.frame(http2.DATA, 0, stream.sid, piece), len(piece))
+        self.waiting.pop(stream.sid, None)
         if call.trailers is not None:
             block, call.trailers = call.trailers, None
             self._emit(
@@ -795,6 +827,8 @@ class _Conn(asyncio.Protocol):
 
     def _finish(self, stream: _Stream) -> None:
         """A call is over (the stream is already out of `streams`)."""
+        if stream.local is not None:
+            self.waiting.pop(stream.sid, None)
         if stream.want:
             self.relay._observe(stream)
         if self.draining:
@@ -835,7 +869,8 @@ class Relay:
 
     `hooks` maps full method paths to `Hook`s; `observers` see finished calls. Both
     can be replaced while running (`set_hooks`, `set_observers`); calls in flight keep
-    what they started with.
+    what they started with. Hooks run in `hook_workers` threads, one hook at a time
+    (calls the relay answers without a hook do not wait for that lock).
     """
 
     def __init__(
@@ -857,6 +892,7 @@ class Relay:
         self._channels: Dict[str, grpc.Channel] = {}
         self._callables: Dict[Tuple[str, str, bool], Any] = {}
         self._channel_lock = threading.Lock()
+        self._hook_lock = threading.Lock()  # one hook at a time
         self._conns: set[_Conn] = set()
         self._server: Optional[asyncio.base_events.Server] = None
         self._socket_path: Optional[str] = None
@@ -969,7 +1005,10 @@ class Relay:
                 return self._forward_unary(call, req, state)
 
             if call.hook is not None:
-                reply = call.hook(request, forward, call.info)
+                with self._hook_lock:  # policy decisions are serialized
+                    if call.info.cancelled.is_set():
+                        raise ForwardError(grpc.StatusCode.CANCELLED, "cancelled by the client")
+                    reply = call.hook(request, forward, call.info)
             else:
                 reply = forward(request)
             return _Result(
