@@ -41,7 +41,6 @@ _MASK_SYNTAX = (
 )
 
 _MAX_ID_DIGITS = len(str(MAX_CPU_ID)) + 2  # leading zeros are allowed, within reason
-_ITEM_RE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 _HEX_RE = re.compile(r"[0-9a-fA-F]+\Z")
 
 # For each byte value, the positions of its set bits: turns a bitmask into sorted ids
@@ -71,6 +70,14 @@ def _parse_id(digits: str, text: str, item: str) -> int:
             f"in {_quote(item)} is larger than {MAX_CPU_ID}; {_LIST_SYNTAX}"
         )
     return cpu
+
+
+def _bits_of_small_ids(ids: list) -> int:
+    """OR of 1 << id for validated ids, through a bytearray: one bignum, not len(ids)."""
+    raw = bytearray((max(ids) >> 3) + 1)
+    for cpu in ids:
+        raw[cpu >> 3] |= 1 << (cpu & 7)
+    return int.from_bytes(raw, "little")
 
 
 def _bits_of_ids(ids: Iterable[int]) -> int:
@@ -162,19 +169,30 @@ class CPUSet:
         if not stripped:
             return _EMPTY
         bits = 0
+        ids: list[int] = []  # single ids, OR-ed in at the end in one pass
         for item in stripped.split(","):
-            m = _ITEM_RE.match(item)
-            if m is None:
+            low_text, dash, high_text = item.partition("-")
+            # isdigit() alone also accepts non-ASCII digits such as "²" or "١"
+            if not (low_text.isdigit() and low_text.isascii()) or (
+                dash and not (high_text.isdigit() and high_text.isascii())
+            ):
                 what = "empty item" if item == "" else f"bad item {_quote(item)}"
                 raise ValueError(f"invalid CPU list {_quote(text)}: {what}; {_LIST_SYNTAX}")
-            low = _parse_id(m.group(1), text, item)
-            high = low if m.group(2) is None else _parse_id(m.group(2), text, item)
+            if len(low_text) <= 5 and not dash:  # fast path: a single small id
+                low = int(low_text)
+                if low <= MAX_CPU_ID:
+                    ids.append(low)
+                    continue
+            low = _parse_id(low_text, text, item)
+            high = _parse_id(high_text, text, item) if dash else low
             if high < low:
                 raise ValueError(
                     f"invalid CPU list {_quote(text)}: range {_quote(item)} runs backwards; "
                     + _LIST_SYNTAX
                 )
             bits |= (1 << (high + 1)) - (1 << low)
+        if ids:
+            bits |= _bits_of_small_ids(ids)
         return _new(bits)
 
     @classmethod
@@ -266,10 +284,6 @@ class CPUSet:
     # -- container protocol ------------------------------------------------------
 
     def __len__(self) -> int:
-        try:
-            return len(self._ids)
-        except AttributeError:
-            pass
         if _popcount is not None:
             return _popcount(self._bits)
         return bin(self._bits).count("1")

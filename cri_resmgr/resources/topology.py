@@ -50,6 +50,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from typing import (
     Dict,
     Iterable,
@@ -275,16 +276,12 @@ class Topology:
         """
         if cpus is None:
             return self.cpu_order
-        rank = self._rank()
+        rank = self._rank
         return tuple(sorted((c for c in cpus if c in rank), key=rank.__getitem__))
 
+    @cached_property
     def _rank(self) -> Dict[int, int]:
-        # the order is fixed at load; the rank dict is derived on demand and cached
-        cached = self.__dict__.get("_rank_cache")
-        if cached is None:
-            cached = {cpu: i for i, cpu in enumerate(self.cpu_order)}
-            object.__setattr__(self, "_rank_cache", cached)
-        return cached
+        return {cpu: i for i, cpu in enumerate(self.cpu_order)}
 
     # -- nodes -----------------------------------------------------------------------
 
@@ -296,17 +293,19 @@ class Topology:
                 f"no NUMA node {node} (nodes: {', '.join(map(str, self.nodes))})"
             ) from None
 
-    @property
+    # derived views are computed on first use and cached on the (immutable) instance
+
+    @cached_property
     def cpu_nodes(self) -> Tuple[int, ...]:
         """Nodes with online CPUs."""
         return tuple(n.id for n in self.nodes.values() if n.cpus)
 
-    @property
+    @cached_property
     def memory_only_nodes(self) -> Tuple[int, ...]:
         """Nodes with memory and no CPUs (PMEM, HBM, CXL)."""
         return tuple(n.id for n in self.nodes.values() if not n.cpus and n.has_memory)
 
-    @property
+    @cached_property
     def memory_nodes(self) -> Tuple[int, ...]:
         """Nodes that have memory (what ``cpuset.mems`` may name)."""
         return tuple(n.id for n in self.nodes.values() if n.has_memory)
@@ -363,7 +362,7 @@ class Topology:
             n.id for n in self.nodes.values() if n.cpus and n.package == package and n.die == die
         )
 
-    @property
+    @cached_property
     def sub_numa_clustering(self) -> bool:
         """True if some die is split into several CPU nodes (Intel SNC, AMD NPS)."""
         seen: Set[Tuple[Optional[int], Optional[int]]] = set()
