@@ -1,0 +1,573 @@
+"""The static policy: kubelet's static CPU manager, done in the CRI relay.
+
+This module owns `StaticPolicy`: exclusive CPUs for Guaranteed containers with an
+integer CPU request, one shared pool for everything else. The operator's manual is
+the class docstring (``cri-resmgr -list-policies``, docs/policies.md); the design
+decisions worth knowing when changing the code:
+
+* **Accounting.** ``_exclusive`` maps key -> owned CPUs, ``_owned`` is their union;
+  ``_shared`` holds the keys of shared containers (insertion order, for stable
+  update lists); ``_preserved`` the placements adopted as they were (on-error=pass
+  leftovers). ``_placements`` is the answer of `placements` and is kept in step.
+* **Shared pool** = online CPUs - isolated CPUs - exclusive CPUs (- reserved CPUs
+  with ``strict-reservation``). It is never empty: an exclusive allocation that
+  would take its last CPU fails. Whenever it changes, every shared container's
+  placement changes with it, and the decision lists all of them in ``updates``.
+* **Isolated CPUs** (``isolcpus``) are never shared: the kernel does not balance
+  tasks across them, so a shared container's threads could be stuck on one. They
+  are handed out exclusively: a request for exactly one CPU prefers a free isolated
+  CPU; larger requests use them only when the other CPUs are not enough (kubelet
+  counts isolated CPUs as ordinary ones; Intel's static policy kept them apart, as
+  we do).
+* **Reserved CPUs** are never exclusive. Without ``strict-reservation`` they are part
+  of the shared pool (kubelet's default), with it they are left to system tasks.
+* **Picking** is `allocator.CPUAllocator.take` (whole packages/dies/nodes when the
+  request covers them, whole cores in the fewest NUMA nodes with best fit, then
+  single threads of partly used cores).
+* **Memory**: ``cpuset.mems`` = the NUMA nodes of the container's CPUs (for shared
+  containers: of the shared pool's CPUs). Memory-only nodes (PMEM, HBM, CXL) are
+  not used by this policy.
+* **Errors** leave the state exactly as it was (pick first, commit after).
+* **Logging**: the policy logs decisions at DEBUG with reasons; the hooks log the one
+  INFO line per placement. `restore` logs one INFO line per container it re-places.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from cri_resmgr.errors import AllocationError, PolicyError
+from cri_resmgr.policy.allocator import CPUAllocator
+from cri_resmgr.policy.base import (
+    EXCLUSIVE,
+    PRESERVED,
+    SHARED,
+    Container,
+    Decision,
+    Placement,
+    Pod,
+    Policy,
+)
+from cri_resmgr.resources.cpuset import CPUSet
+from cri_resmgr.resources.topology import Topology
+
+__all__ = ["EXCLUSIVE_POOL", "SHARED_POOL", "StaticPolicy"]
+
+log = logging.getLogger(__name__)
+
+SHARED_POOL = "shared"
+_NO_CPUS = CPUSet()
+EXCLUSIVE_POOL = "exclusive"
+
+# [policy.static] keys this policy reads; on-error belongs to the hooks.
+_BOOL_OPTIONS = ("strict-reservation", "full-pcpus-only")
+_KNOWN_OPTIONS = ("on-error", *_BOOL_OPTIONS)
+
+
+def _bool_option(options: Mapping[str, Any], name: str) -> bool:
+    value = options.get(name, False)
+    if isinstance(value, bool):
+        return value
+    raise PolicyError(
+        f"[policy.static] {name} = {value!r}: expected true or false "
+        f"(a bool, got {type(value).__name__})"
+    )
+
+
+class StaticPolicy(Policy):
+    """Exclusive CPUs for Guaranteed containers: kubelet's static CPU manager in the relay.
+
+    What it does. A container of a Guaranteed pod whose CPU request is a whole
+    number of CPUs (e.g. requests = limits = 4) gets that many CPUs of its own: no
+    other container runs on them. Every other container (Burstable, BestEffort,
+    Guaranteed with a fractional request such as 1500m) runs in the shared pool:
+    all online CPUs minus the exclusive ones and minus kernel-isolated CPUs. When an
+    exclusive allocation takes CPUs from the shared pool, or gives them back, every
+    shared container is moved at once (UpdateContainerResources), so no shared
+    container keeps running on freshly exclusive CPUs. cpuset.mems follows the CPUs:
+    the NUMA nodes of the container's CPUs.
+
+    Kubelet must run with cpuManagerPolicy: none (its default). With kubelet's own
+    static CPU manager both would pin containers and fight over the CPUs.
+
+    Picking CPUs. Whole sockets (packages), dies or NUMA nodes when the request
+    covers them; otherwise whole cores inside the fewest NUMA nodes, preferring the
+    node with the fewest free CPUs that still fits (so big holes stay for big
+    requests); then single hyperthreads, from cores already partly used first.
+    A single-CPU request prefers a kernel-isolated CPU (isolcpus) when one is free;
+    isolated CPUs are never part of the shared pool.
+
+    Reserved CPUs ([policy] reserved-cpus: a list, or an amount rounded up to whole
+    CPUs and taken from the lowest cores) are never handed out exclusively. They stay
+    in the shared pool unless strict-reservation is set.
+
+    In-place resize (UpdateContainerResources from kubelet): an exclusive container
+    grows by CPUs next to the ones it has, or shrinks by giving back its loosest
+    CPUs; a container whose request becomes fractional moves to the shared pool and
+    one whose request becomes a whole number moves to exclusive CPUs. When there are
+    not enough free CPUs the resize fails with an error and nothing changes.
+
+    Options ([policy.static]):
+      strict-reservation = false  keep the reserved CPUs out of the shared pool too:
+                                  only system and kube daemons run there (kubelet's
+                                  strict-cpu-reservation).
+      full-pcpus-only = false     hand out whole physical cores only; a request that
+                                  is not a multiple of the threads per core fails
+                                  (kubelet's full-pcpus-only).
+      on-error = fail             fail: the CRI call fails and kubelet retries;
+                                  pass: log and run the container unpinned.
+    """
+
+    NAME = "static"
+    ALIASES = ()
+    LIVE_OPTIONS = frozenset(_BOOL_OPTIONS)
+
+    def __init__(self, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> None:
+        super().__init__(topology, reserved, options)
+        unknown = sorted(set(self.options) - set(_KNOWN_OPTIONS))
+        if unknown:
+            raise PolicyError(
+                f"[policy.static] has no option {', '.join(unknown)} "
+                f"(known: {', '.join(_KNOWN_OPTIONS)})"
+            )
+        self.strict_reservation = _bool_option(self.options, "strict-reservation")
+        self.full_pcpus_only = _bool_option(self.options, "full-pcpus-only")
+        not_online = reserved - topology.online
+        if not_online:
+            raise PolicyError(
+                f"reserved CPUs {not_online} are not online (online: {topology.online})"
+            )
+        self.allocator = CPUAllocator(topology)
+        self.threads_per_core = self.allocator.threads_per_core
+        self._exclusive: Dict[str, CPUSet] = {}
+        self._owned = CPUSet()
+        self._shared: Dict[str, None] = {}
+        self._preserved: Dict[str, Placement] = {}
+        self._placements: Dict[str, Placement] = {}
+        self._names: Dict[str, str] = {}  # key -> namespace/pod:container, for messages
+        pool = self._pool_for(self._owned)
+        if not pool:
+            raise PolicyError(
+                "no CPU is left for the shared pool: online "
+                f"{topology.online}, isolated {topology.isolated}, reserved {reserved}"
+                + (" with strict-reservation" if self.strict_reservation else "")
+            )
+        self._pool = pool
+        self._shared_placement = self._make_shared(pool)
+        log.debug(
+            "static policy: reserved %s, isolated %s, shared pool %s%s%s",
+            reserved,
+            topology.isolated,
+            pool,
+            ", strict reservation" if self.strict_reservation else "",
+            ", full cores only" if self.full_pcpus_only else "",
+        )
+
+    # -- pools -----------------------------------------------------------------------
+
+    def _pool_for(self, owned: CPUSet) -> CPUSet:
+        """The shared pool when ``owned`` CPUs are exclusive."""
+        pool = self.topology.online - self.topology.isolated - owned
+        if self.strict_reservation:
+            pool = pool - self.reserved
+        return pool
+
+    def _make_shared(self, pool: CPUSet) -> Placement:
+        return Placement(
+            cpus=pool,
+            mems=self.allocator.mems_of(pool),
+            cpu_class=SHARED,
+            pool=SHARED_POOL,
+        )
+
+    def _make_exclusive(self, cpus: CPUSet) -> Placement:
+        return Placement(
+            cpus=cpus,
+            mems=self.allocator.mems_of(cpus),
+            cpu_class=EXCLUSIVE,
+            pool=EXCLUSIVE_POOL,
+            exclusive=cpus,
+        )
+
+    def _set_pool(self, exclude: Optional[str] = None) -> Dict[str, Placement]:
+        """Recompute the shared pool from ``_owned``; the shared containers it moved.
+
+        ``exclude``: a key not to list (the container the decision is about).
+        """
+        pool = self._pool_for(self._owned)
+        if not pool:
+            # only restore/reconfigure can get here (allocations refuse to empty it)
+            fallback = self.reserved if self.reserved else self.topology.online
+            fallback = fallback - self.topology.isolated or fallback
+            log.warning(
+                "no CPU left for the shared pool (exclusive %s, reserved %s); shared "
+                "containers run on %s",
+                self._owned,
+                self.reserved,
+                fallback,
+            )
+            pool = fallback
+        if pool == self._pool:
+            return {}
+        log.debug("shared pool %s -> %s", self._pool, pool)
+        self._pool = pool
+        placement = self._shared_placement = self._make_shared(pool)
+        updates: Dict[str, Placement] = {}
+        for key in self._shared:
+            self._placements[key] = placement
+            if key != exclude:
+                updates[key] = placement
+        return updates
+
+    # -- picking ----------------------------------------------------------------------
+
+    def _check_full_cores(self, name: str, count: int) -> None:
+        tpc = self.threads_per_core
+        if self.full_pcpus_only and count % tpc:
+            raise PolicyError(
+                f"{name}: asks for {count} exclusive CPUs, which is not a multiple of the "
+                f"{tpc} threads per core; full-pcpus-only hands out whole cores only"
+            )
+
+    def _pick(self, name: str, count: int, current: CPUSet = _NO_CPUS) -> CPUSet:
+        """Pick ``count - len(current)`` more exclusive CPUs (``current``: already owned).
+
+        Raises `AllocationError` naming ``name`` when there are not enough free CPUs
+        or the pick would leave the shared pool empty; changes nothing.
+        """
+        self._check_full_cores(name, count)
+        need = count - len(current)
+        full = self.full_pcpus_only
+        alloc = self.allocator
+        isolated = self.topology.isolated
+        taken = self._owned | self.reserved
+        general = self.topology.online - isolated - taken
+        spare_isolated = isolated - taken
+        if current:
+            prefer_isolated = current <= isolated
+        else:
+            prefer_isolated = count == 1
+        tiers: List[Tuple[str, CPUSet]] = []
+        if prefer_isolated and spare_isolated:
+            tiers.append(("isolated", spare_isolated))
+        tiers.append(("non-isolated", general))
+        if spare_isolated:
+            tiers.append(("any", general | spare_isolated))
+        picked: Optional[CPUSet] = None
+        what = ""
+        for what, cands in tiers:  # noqa: B007 - `what` is logged below
+            if alloc.capacity(cands, full) >= need:
+                picked = alloc.take(cands, need, near=current, full_cores=full)
+                break
+        if picked is None:
+            free = alloc.capacity(general | spare_isolated, full)
+            unit = " in whole cores" if full else ""
+            if current:
+                head = (
+                    f"cannot grow {name} from {len(current)} to {count} exclusive CPUs: "
+                    f"it needs {need} more, {free} are free{unit}"
+                )
+            else:
+                head = f"cannot give {name} {count} exclusive CPUs: {free} are free{unit}"
+            raise AllocationError(
+                f"{head} ({len(self.topology.online)} online, {len(self.reserved)} reserved, "
+                f"{len(self._owned)} exclusive to {len(self._exclusive)} container(s))"
+            )
+        if not self._pool_for(self._owned | picked):
+            raise AllocationError(
+                f"cannot give {name} {count} exclusive CPUs: that would leave no CPU for "
+                f"the shared pool ({self._pool} now)"
+            )
+        log.debug("%s: %d exclusive CPU(s) %s from %s CPUs", name, need, picked, what)
+        return picked
+
+    # -- records ------------------------------------------------------------------------
+
+    def _forget(self, key: str) -> Optional[CPUSet]:
+        """Drop every record of ``key``; its exclusive CPUs (owned stays to be fixed)."""
+        self._placements.pop(key, None)
+        self._names.pop(key, None)
+        self._shared.pop(key, None)
+        self._preserved.pop(key, None)
+        return self._exclusive.pop(key, None)
+
+    def _add_exclusive(self, key: str, name: str, cpus: CPUSet) -> Placement:
+        placement = self._make_exclusive(cpus)
+        self._exclusive[key] = cpus
+        self._owned = self._owned | cpus
+        self._placements[key] = placement
+        self._names[key] = name
+        return placement
+
+    def _add_shared(self, key: str, name: str) -> None:
+        self._shared[key] = None
+        self._placements[key] = self._shared_placement
+        self._names[key] = name
+
+    # -- the Policy interface ---------------------------------------------------------------
+
+    def allocate(self, key: str, pod: Pod, container: Container) -> Decision:
+        """Place a new container: exclusive CPUs or the shared pool.
+
+        A key that is already placed is treated as a resize (`update`).
+        """
+        if key in self._placements:
+            return self.update(key, pod, container)
+        name = container.key
+        count = container.exclusive_cpus
+        if count == 0:
+            self._add_shared(key, name)
+            log.debug(
+                "%s: shared pool %s (%s, %dm CPU requested)",
+                name,
+                self._pool,
+                container.qos,
+                container.cpu_request,
+            )
+            return Decision(placement=self._shared_placement)
+        cpus = self._pick(name, count)
+        placement = self._add_exclusive(key, name, cpus)
+        updates = self._set_pool(exclude=key)
+        log.debug(
+            "%s: exclusive CPUs %s, mems %s; %d shared container(s) move to %s",
+            name,
+            cpus,
+            placement.mems,
+            len(updates),
+            self._pool,
+        )
+        return Decision(placement=placement, updates=updates)
+
+    def release(self, key: str) -> Decision:
+        """Forget a container; its exclusive CPUs go back to the shared pool."""
+        if key not in self._placements:
+            return Decision()
+        name = self._names.get(key, key)
+        cpus = self._forget(key)
+        if cpus is None:
+            log.debug("%s: released", name)
+            return Decision()
+        self._owned = self._owned - cpus
+        updates = self._set_pool()
+        log.debug("%s: released exclusive CPUs %s; shared pool %s", name, cpus, self._pool)
+        return Decision(updates=updates)
+
+    def update(self, key: str, pod: Pod, container: Container) -> Decision:
+        """Resize: grow or shrink exclusive CPUs, or move between exclusive and shared.
+
+        Raises `AllocationError`/`PolicyError` when the new size cannot be satisfied;
+        the old placement stays then.
+        """
+        name = container.key
+        if key not in self._placements:
+            return self.allocate(key, pod, container)
+        if key in self._preserved:
+            # placed as-is before (e.g. on-error=pass): try to place it properly now
+            preserved = self._preserved.pop(key)
+            del self._placements[key]
+            try:
+                return self.allocate(key, pod, container)
+            except Exception:
+                self._preserved[key] = preserved
+                self._placements[key] = preserved
+                raise
+        count = container.exclusive_cpus
+        current = self._exclusive.get(key)
+        if current is None:
+            if count == 0:
+                return Decision(placement=self._shared_placement)
+            cpus = self._pick(name, count)
+            del self._shared[key]
+            placement = self._add_exclusive(key, name, cpus)
+            updates = self._set_pool(exclude=key)
+            log.debug("%s: resized from shared to exclusive CPUs %s", name, cpus)
+            return Decision(placement=placement, updates=updates)
+        have = len(current)
+        if count == have:
+            return Decision(placement=self._placements[key])
+        if count == 0:
+            del self._exclusive[key]
+            self._owned = self._owned - current
+            updates = self._set_pool(exclude=key)
+            self._add_shared(key, name)
+            log.debug("%s: resized from exclusive CPUs %s to the shared pool", name, current)
+            return Decision(placement=self._shared_placement, updates=updates)
+        if count > have:
+            cpus = current | self._pick(name, count, current)
+        else:
+            self._check_full_cores(name, count)
+            cpus = self.allocator.keep(current, count, full_cores=self.full_pcpus_only)
+        self._owned = (self._owned - current) | cpus
+        self._exclusive[key] = cpus
+        placement = self._placements[key] = self._make_exclusive(cpus)
+        updates = self._set_pool(exclude=key)
+        log.debug("%s: resized exclusive CPUs %s -> %s", name, current, cpus)
+        return Decision(placement=placement, updates=updates)
+
+    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+        """Adopt persisted placements; re-place the exclusive ones that no longer fit.
+
+        An exclusive placement is kept when its CPUs are all online, none is reserved
+        or owned by a container adopted before it, it has as many CPUs as the
+        container asks, and (with full-pcpus-only) they are whole cores. Others are
+        re-placed (one INFO line each); one that cannot be re-placed runs in the
+        shared pool (a WARNING says so). Shared containers get the current shared
+        pool. Everything that differs from what was persisted comes back in
+        ``updates``; PRESERVED placements are adopted untouched.
+        """
+        if self._placements:
+            raise PolicyError("restore must come before any other call of the static policy")
+        persisted: Dict[str, Placement] = {}
+        redo: List[Tuple[str, Container, str]] = []
+        for key, _pod, container, placement in entries:
+            if key in persisted:
+                log.warning("restore: %s listed twice; using the first entry", key)
+                continue
+            persisted[key] = placement
+            name = container.key
+            if placement.cpu_class == PRESERVED:
+                self._preserved[key] = placement
+                self._placements[key] = placement
+                self._names[key] = name
+                continue
+            count = container.exclusive_cpus
+            if count == 0:
+                self._add_shared(key, name)
+                continue
+            problem = self._restore_problem(placement, count)
+            if problem:
+                redo.append((key, container, problem))
+                continue
+            self._add_exclusive(key, name, placement.exclusive)
+
+        self._set_pool()
+
+        for key, container, problem in redo:
+            name = container.key
+            old = persisted[key]
+            try:
+                cpus = self._pick(name, container.exclusive_cpus)
+            except PolicyError as exc:
+                log.warning(
+                    "restore: %s: %s; cannot re-place it (%s), it runs in the shared pool",
+                    name,
+                    problem,
+                    exc,
+                )
+                self._add_shared(key, name)
+                continue
+            self._add_exclusive(key, name, cpus)
+            self._set_pool()
+            log.info(
+                "restore: re-placed %s: %s; was %s CPUs %s, now exclusive CPUs %s",
+                name,
+                problem,
+                old.cpu_class,
+                old.cpus,
+                cpus,
+            )
+
+        updates = {
+            key: placement
+            for key, placement in self._placements.items()
+            if persisted.get(key) != placement
+        }
+        log.debug(
+            "restore: %d container(s), %d exclusive, %d shared, %d changed; shared pool %s",
+            len(self._placements),
+            len(self._exclusive),
+            len(self._shared),
+            len(updates),
+            self._pool,
+        )
+        return Decision(updates=updates)
+
+    def _restore_problem(self, placement: Placement, count: int) -> str:
+        """Why a persisted placement cannot be kept as exclusive ("" if it can)."""
+        cpus = placement.exclusive
+        if placement.cpu_class != EXCLUSIVE or not cpus:
+            return f"it was in the {placement.cpu_class} class, not exclusive"
+        if len(cpus) != count:
+            return f"it held {len(cpus)} exclusive CPUs but asks for {count}"
+        gone = cpus - self.topology.online
+        if gone:
+            return f"CPUs {gone} are not online"
+        reserved = cpus & self.reserved
+        if reserved:
+            return f"CPUs {reserved} are reserved now"
+        double = cpus & self._owned
+        if double:
+            owners = sorted(self._names.get(k, k) for k, c in self._exclusive.items() if c & double)
+            return f"CPUs {double} are already exclusive to {', '.join(owners)}"
+        if self.full_pcpus_only and not self.allocator.is_whole_cores(cpus):
+            return f"CPUs {cpus} are not whole cores (full-pcpus-only)"
+        if self.full_pcpus_only and count % self.threads_per_core:
+            return "its request is not a multiple of the threads per core (full-pcpus-only)"
+        return ""
+
+    def placements(self) -> Mapping[str, Placement]:
+        """Current placement of every container, by key (a copy)."""
+        return dict(self._placements)
+
+    def rename(self, old: str, new: str) -> None:
+        """Move a container's records from a provisional key to its container id."""
+        if old == new or old not in self._placements:
+            return
+        if new in self._placements:
+            raise PolicyError(
+                f"cannot rename {old!r} to {new!r}: {new!r} is already placed "
+                f"({self._names.get(new, new)})"
+            )
+        self._placements[new] = self._placements.pop(old)
+        self._names[new] = self._names.pop(old)
+        if old in self._exclusive:
+            self._exclusive[new] = self._exclusive.pop(old)
+        if old in self._shared:
+            # keep the order of the others; the renamed one goes last
+            del self._shared[old]
+            self._shared[new] = None
+        if old in self._preserved:
+            self._preserved[new] = self._preserved.pop(old)
+
+    def reconfigure(self, options: Mapping[str, Any]) -> Decision:
+        """Apply changed strict-reservation / full-pcpus-only.
+
+        strict-reservation moves every shared container (the pool changes);
+        full-pcpus-only applies to later allocations and resizes.
+        """
+        merged = dict(self.options)
+        merged.update(options)
+        unknown = sorted(set(merged) - set(_KNOWN_OPTIONS))
+        if unknown:
+            raise PolicyError(
+                f"[policy.static] has no option {', '.join(unknown)} "
+                f"(known: {', '.join(_KNOWN_OPTIONS)})"
+            )
+        strict = _bool_option(merged, "strict-reservation")
+        full = _bool_option(merged, "full-pcpus-only")
+        self.options = merged
+        self.full_pcpus_only = full
+        if strict == self.strict_reservation:
+            return Decision()
+        self.strict_reservation = strict
+        return Decision(updates=self._set_pool())
+
+    def pools(self) -> Mapping[str, CPUSet]:
+        """``shared``, ``reserved`` and ``exclusive`` (all exclusively owned CPUs)."""
+        return {
+            SHARED_POOL: self._pool,
+            "reserved": self.reserved,
+            EXCLUSIVE_POOL: self._owned,
+        }
+
+    # -- introspection for status and tests --------------------------------------------------
+
+    @property
+    def shared_pool(self) -> CPUSet:
+        """The CPUs shared containers run on now."""
+        return self._pool
+
+    def exclusive_cpus(self) -> Mapping[str, CPUSet]:
+        """Key -> exclusively owned CPUs (a copy)."""
+        return dict(self._exclusive)
