@@ -41,7 +41,8 @@ first:
    above -> ``hbm``; the same tier says nothing;
 4. capacity, as above. With no CPU node memory to compare with -> ``dram``.
 
-`Node.kind_reason` records which rule decided. ``pmem`` therefore means "slower,
+A node whose CPUs are all offline (their ``cpuN/nodeM`` links remain) is DRAM, not a
+memory-only node. `Node.kind_reason` records which rule decided. ``pmem`` therefore means "slower,
 larger memory tier" (also CXL-attached expanders) and ``hbm`` "faster, smaller".
 """
 
@@ -168,7 +169,7 @@ class CPU:
 
 @dataclass(frozen=True)
 class Node:
-    """One NUMA node; memory-only nodes (PMEM, HBM) have empty `cpus`."""
+    """One NUMA node; memory-only nodes (PMEM, HBM) have no CPUs at all."""
 
     id: int
     cpus: CPUSet  # online CPUs of the node
@@ -178,8 +179,9 @@ class Node:
     distances: FrozenMap[int, int]  # node id -> distance (10 = local)
     has_memory: bool  # in node/has_memory (or MemTotal > 0)
     normal_memory: bool  # in node/has_normal_memory (kernel may allocate from it)
-    package: Optional[int]  # package of its CPUs; None for memory-only nodes
-    die: Optional[int]  # die of its CPUs; None for memory-only nodes
+    package: Optional[int]  # package of its online CPUs; None if it has none
+    die: Optional[int]  # die of its online CPUs; None if it has none
+    offline_cpus: CPUSet = CPUSet()  # its CPUs that are offline (not in `cpus`)
 
     @property
     def has_cpus(self) -> bool:
@@ -187,8 +189,11 @@ class Node:
 
     @property
     def memory_only(self) -> bool:
-        """No CPUs of its own (PMEM, HBM, CXL memory)."""
-        return not self.cpus
+        """No CPUs of its own, online or offline (PMEM, HBM, CXL memory).
+
+        A node whose CPUs are all offline is not memory-only: its memory is DRAM.
+        """
+        return not self.cpus and not self.offline_cpus
 
     def distance(self, other: int) -> int:
         """Distance to node ``other`` (10 = local); KeyError for an unknown node."""
@@ -302,8 +307,8 @@ class Topology:
 
     @cached_property
     def memory_only_nodes(self) -> Tuple[int, ...]:
-        """Nodes with memory and no CPUs (PMEM, HBM, CXL)."""
-        return tuple(n.id for n in self.nodes.values() if not n.cpus and n.has_memory)
+        """Nodes with memory and no CPUs (PMEM, HBM, CXL); see `Node.memory_only`."""
+        return tuple(n.id for n in self.nodes.values() if n.memory_only and n.has_memory)
 
     @cached_property
     def memory_nodes(self) -> Tuple[int, ...]:
@@ -395,12 +400,13 @@ class Topology:
         if self.isolated:
             lines.append(f"isolated CPUs: {self.isolated}")
         for node in self.nodes.values():
-            where = (
-                f"package {node.package} die {node.die}, CPUs {node.cpus}"
-                if node.cpus
-                else "no CPUs, closest to node(s) "
-                + (",".join(map(str, self.closest_cpu_nodes(node.id))) or "-")
-            )
+            if node.cpus:
+                where = f"package {node.package} die {node.die}, CPUs {node.cpus}"
+            else:
+                closest = ",".join(map(str, self.closest_cpu_nodes(node.id))) or "-"
+                where = f"no online CPUs, closest to node(s) {closest}"
+            if node.offline_cpus:
+                where += f", offline CPUs {node.offline_cpus}"
             lines.append(
                 f"node {node.id}: {node.kind} {node.memory / (1 << 30):.1f} GiB, {where} "
                 f"({node.kind_reason})"
@@ -448,6 +454,7 @@ class _RawNode:
     distances: Dict[int, int]
     package: Optional[int] = None
     die: Optional[int] = None
+    offline_cpus: CPUSet = CPUSet()
 
 
 class _Loader:
@@ -470,6 +477,13 @@ class _Loader:
         raw = {cpu: self._cpu(cpu, cpu_dirs[cpu], online) for cpu in online}
         nodes = self._nodes(raw, online)
         node_of = self._node_of_cpu(raw, nodes)
+        # offline CPUs keep their cpuN/nodeM link: a node whose CPUs are all offline
+        # must not pass for a memory-only (PMEM/HBM) node
+        for cpu in CPUSet(cpu_dirs) - online:
+            links = list(fs.indexed(cpu_dirs[cpu], "node"))
+            if len(links) == 1 and links[0] in nodes:
+                node = nodes[links[0]]
+                node.offline_cpus = node.offline_cpus | CPUSet.of(cpu)
         for node in nodes.values():
             pkgs = sorted({raw[c].package for c in node.cpus})
             if pkgs:
@@ -765,15 +779,20 @@ class _Loader:
 
     def _classify(self, nodes: Dict[int, _RawNode]) -> Dict[int, Node]:
         cpu_nodes = [n for n in nodes.values() if n.cpus]
-        special = [n for n in nodes.values() if not n.cpus]
+        special = [n for n in nodes.values() if not n.cpus and not n.offline_cpus]
         decided: Dict[int, Tuple[str, str]] = {}
-        for n in cpu_nodes:
-            decided[n.id] = (DRAM, "has CPUs")
+        for n in nodes.values():
+            if n.cpus:
+                decided[n.id] = (DRAM, "has CPUs")
+            elif n.offline_cpus:
+                decided[n.id] = (DRAM, f"has CPUs, all offline ({n.offline_cpus})")
 
         if special:
             nvdimm_nodes = self._nvdimm_nodes()
             tiers = self._memory_tiers()
-            with_memory = [n.memory for n in cpu_nodes if n.memory > 0]
+            with_memory = [
+                n.memory for n in nodes.values() if (n.cpus or n.offline_cpus) and n.memory > 0
+            ]
             average = sum(with_memory) // len(with_memory) if with_memory else 0
             for n in special:
                 if not n.has_memory:
@@ -800,6 +819,7 @@ class _Loader:
                 normal_memory=n.normal_memory,
                 package=n.package,
                 die=n.die,
+                offline_cpus=n.offline_cpus,
             )
             for n in nodes.values()
         }

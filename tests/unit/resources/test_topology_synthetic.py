@@ -138,6 +138,32 @@ def test_isolated_and_offline(tmp_path: Path) -> None:
     assert 3 not in t.cpus_sorted_by_topology()
 
 
+def test_node_with_all_cpus_offline_is_not_memory_only(tmp_path: Path) -> None:
+    """Offlining every CPU of a node leaves a CPU-less DRAM node, not PMEM/HBM."""
+    synthetic.write_sysfs(
+        tmp_path,
+        sockets=2,
+        cores_per_node=2,
+        threads_per_core=2,
+        offline="2-3,6-7",  # all of node 1 (first threads 2-3, second threads 6-7)
+        memory_only_nodes=[("pmem", 0)],
+    )
+    t = load(tmp_path)
+    node = t.nodes[1]
+    assert not node.cpus
+    assert node.offline_cpus == cpus("2-3,6-7")
+    assert not node.memory_only
+    assert node.kind == DRAM
+    assert "offline" in node.kind_reason
+    assert t.cpu_nodes == (0,)
+    assert t.memory_only_nodes == (2,)
+    assert t.nodes_of_kind(PMEM) == (2,)
+    assert t.nodes_of_kind(DRAM) == (0, 1)
+    assert t.closest_cpu_nodes(1) == (0,)
+    assert t.nodes[0].offline_cpus == CPUSet()
+    assert "offline CPUs 2-3,6-7" in t.summary()
+
+
 def test_offline_whole_core(tmp_path: Path) -> None:
     synthetic.write_sysfs(tmp_path, cores_per_node=2, threads_per_core=2, offline="1,3")
     t = load(tmp_path)
