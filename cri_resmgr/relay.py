@@ -78,7 +78,7 @@ _TRANSPORT_HEADERS = frozenset(
     }
 )
 
-_CODE_BY_VALUE = {c.value[0]: c for c in grpc.StatusCode}
+_IMAGE_PREFIX = "/" + cri_methods.IMAGE_SERVICE + "/"
 _RST_TO_CODE = {http2.CANCEL: 1, http2.REFUSED_STREAM: 14, http2.NO_ERROR: 13}
 
 
@@ -294,7 +294,6 @@ class _Conn(asyncio.Protocol):
         self.last_sid = 0
         self.draining = False
         self.closed = False
-        self.route: Optional[str] = None  # target the upstream connection goes to
 
     # -- connection events
 
@@ -389,12 +388,13 @@ class _Conn(asyncio.Protocol):
             self._protocol_error(f"client: {exc}")
 
     def _start_upstream(self) -> None:
-        """Connect to the runtime; the target may depend on the first call's service."""
-        relay = self.relay
-        if relay.image_target == relay.runtime_target:
-            self.route = relay.runtime_target
-            self.loop.create_task(self._connect(self.route))
-        # else: decided at the first HEADERS block (see _route_for)
+        """Connect to the runtime socket (image calls go there too unless split).
+
+        The connection cannot wait for the first call to pick a socket: gRPC clients
+        send no call before the server's SETTINGS, which come from the runtime. With a
+        separate image socket, image calls are answered via grpcio (`_LocalCall`).
+        """
+        self.loop.create_task(self._connect(self.relay.runtime_target))
 
     def _client_frames(self, buf: bytes, pos: int, run: int) -> None:
         """Parse client frames from `pos`; bytes from `run` on are forwarded unless cut."""
@@ -511,11 +511,8 @@ class _Conn(asyncio.Protocol):
         relay = self.relay
         stream = _Stream(sid, method, relay._want(method))
         self.streams[sid] = stream
-        if self.route is None:
-            self.route = relay._target_for(method)
-            self.loop.create_task(self._connect(self.route))
         hook = relay._hooks.get(method)
-        if hook is not None or relay._target_for(method) != self.route:
+        if hook is not None or (relay.split and method.startswith(_IMAGE_PREFIX)):
             # Answer it ourselves; tell the runtime to forget the stream it just saw.
             self._up_write(http2.rst_stream(sid, http2.CANCEL))
             stream.local = _LocalCall(stream, headers, self.client_initial_window, hook)
@@ -850,17 +847,6 @@ class _Conn(asyncio.Protocol):
             self._emit(http2.goaway(self.last_sid), 0)
 
 
-def _partial_tail(buf: bytes) -> int:
-    """Number of bytes at the end of `buf` that do not form a complete frame."""
-    pos, end = 0, len(buf)
-    while end - pos >= 9:
-        length = http2.read_header(buf, pos)[0]
-        if pos + 9 + length > end:
-            break
-        pos += 9 + length
-    return end - pos
-
-
 # --- the relay -----------------------------------------------------------------
 
 
@@ -883,6 +869,7 @@ class Relay:
     ) -> None:
         self.runtime_target = _socket_path(runtime_socket)
         self.image_target = _socket_path(image_socket or runtime_socket)
+        self.split = self.image_target != self.runtime_target
         self._hooks: Dict[str, Hook] = dict(hooks or {})
         self._observers: Tuple[Observer, ...] = tuple(observers)
         self._wants: Dict[str, Tuple[int, Tuple[Observer, ...]]] = {}
@@ -941,7 +928,7 @@ class Relay:
                 log.exception("relay: observer %r failed", observer)
 
     def _target_for(self, method: str) -> str:
-        if method.startswith("/" + cri_methods.IMAGE_SERVICE + "/"):
+        if method.startswith(_IMAGE_PREFIX):
             return self.image_target
         return self.runtime_target
 
