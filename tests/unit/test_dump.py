@@ -753,3 +753,39 @@ def test_records_keep_call_order_in_the_file(tmp_path: Path, dumps: List[dump.Du
     heads = [line for line in path.read_text().splitlines() if "=>" in line]
     assert [h.rsplit(":", 1)[1] for h in heads] == [f"c{i}" for i in range(200)]
     assert d.stats()["written"] == 200
+
+
+def test_writer_pauses_only_while_calls_keep_arriving() -> None:
+    busy = [True]
+    pacer = dump._Pacer(lambda: busy[0])
+    pacer.slice_end = 0.0  # slice used up
+    pacer.tick()
+    assert pacer.pauses == 1
+    pacer.tick()  # a new slice has begun: no pause
+    assert pacer.pauses == 1
+    busy[0] = False
+    pacer.slice_end = 0.0
+    pacer.tick()
+    assert pacer.pauses == 1
+
+
+def test_set_path_to_the_log_and_back(
+    tmp_path: Path, dumps: List[dump.Dump], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "dump.log"
+    d = started(dumps, "", None)
+    with caplog.at_level(logging.INFO, logger="cri_resmgr.dump"):
+        d.observe(create_call("logged"))
+        assert d.set_path(str(path))
+        d.observe(create_call("filed"))
+        assert d.flush(10)
+    assert any("web:logged" in r.getMessage() for r in caplog.records)
+    assert not any("web:filed" in r.getMessage() for r in caplog.records)
+    assert "web:filed" in path.read_text() and "web:logged" not in path.read_text()
+    assert d.set_path(str(path))  # the same path: reopened
+    with caplog.at_level(logging.INFO, logger="cri_resmgr.dump"):
+        assert d.set_path(None)
+        d.observe(create_call("back"))
+        assert d.flush(10)
+    assert any("web:back" in r.getMessage() for r in caplog.records)
+    assert d.stats()["failed"] == 0
