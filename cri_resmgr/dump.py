@@ -245,6 +245,10 @@ _REDACTED = 6
 #: Strings of at most this many characters have their YAML form cached.
 _CACHED_STR_LEN = 128
 _STR_CACHE_SIZE = 4096
+#: Rendered messages are remembered by their bytes: messages up to this size, ...
+_RENDER_CACHE_ITEM = 256 * 1024
+#: ... and up to this many bytes (wire bytes plus text) in all.
+_RENDER_CACHE_BYTES = 8 * 1024 * 1024
 
 
 class YamlWriter:
@@ -496,13 +500,14 @@ class Names:
 
 
 class _Decoded:
-    """The messages of one side of a call, or why there are none."""
+    """The messages of one side of a call (and their bytes), or why there are none."""
 
-    __slots__ = ("messages", "note")
+    __slots__ = ("messages", "note", "raw")
 
-    def __init__(self, messages: List[Message], note: str = "") -> None:
+    def __init__(self, messages: List[Message], note: str = "", raw: Sequence[bytes] = ()) -> None:
         self.messages = messages
         self.note = note
+        self.raw = raw
 
 
 def _decode(payload: Optional[bytes], cls: Optional[type[Message]]) -> _Decoded:
@@ -511,14 +516,16 @@ def _decode(payload: Optional[bytes], cls: Optional[type[Message]]) -> _Decoded:
     if cls is None:
         return _Decoded([], f"({len(payload)} bytes of an unknown method, not decoded)")
     messages: List[Message] = []
+    raw: List[bytes] = []
     try:
         for compressed, data in http2.grpc_messages(payload):
             if compressed:
-                return _Decoded(messages, f"(compressed message of {len(data)} bytes)")
+                return _Decoded(messages, f"(compressed message of {len(data)} bytes)", raw)
             messages.append(cls.FromString(data))
+            raw.append(data)
     except Exception as exc:  # noqa: BLE001 - whatever is on the wire, the dump goes on
-        return _Decoded(messages, f"(undecodable: {exc})")
-    return _Decoded(messages)
+        return _Decoded(messages, f"(undecodable: {exc})", raw)
+    return _Decoded(messages, "", raw)
 
 
 class Formatter:
@@ -529,6 +536,10 @@ class Formatter:
     ) -> None:
         self.names = Names(names_size)
         self.yaml = YamlWriter(tick)
+        # (message class, wire bytes) -> YAML text: kubelet repeats identical messages
+        # (status polls, relists), and rendering is most of the writer's work
+        self._rendered: Dict[Tuple[type, bytes], str] = {}
+        self._rendered_size = 0
         self._sec = -1
         self._sec_text = ""
 
@@ -573,12 +584,27 @@ class Formatter:
         return "\n".join(req_lines), "\n".join(rep_lines)
 
     def _body(self, decoded: _Decoded, stream: bool, out: List[str]) -> None:
-        for i, message in enumerate(decoded.messages):
+        for i, (message, data) in enumerate(zip(decoded.messages, decoded.raw)):
             if stream:
                 out.append(f"{_INDENT}--- # message {i + 1}")
-            out.extend(self.yaml.lines(message, _INDENT))
+            out.append(self.render(message, data))
         if decoded.note:
             out.append(_INDENT + "# " + decoded.note)
+
+    def render(self, message: Message, data: bytes) -> str:
+        """The YAML of `message` (wire bytes `data`), indented by 4, remembered."""
+        key = (type(message), data)
+        text = self._rendered.get(key)
+        if text is None:
+            text = "\n".join(self.yaml.lines(message, _INDENT))
+            if len(data) <= _RENDER_CACHE_ITEM:
+                size = len(data) + len(text)
+                if self._rendered_size + size > _RENDER_CACHE_BYTES:
+                    self._rendered.clear()
+                    self._rendered_size = 0
+                self._rendered[key] = text
+                self._rendered_size += size
+        return text
 
     def _qualifier(
         self,
