@@ -47,7 +47,7 @@ from cri_resmgr.errors import StateError
 from cri_resmgr.podspec import LinuxResources
 from cri_resmgr.policy.base import Container, Placement, Pod
 
-__all__ = ["DEFAULT_DIR", "STATE_FILE", "VERSION", "ContainerEntry", "State"]
+__all__ = ["DEFAULT_DIR", "STATE_FILE", "VERSION", "ContainerEntry", "State", "StateStore"]
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,10 @@ def _utc_stamp(wall: float) -> str:
 class State:
     """Pods and containers with their placements, kept in memory and in ``state.json``.
 
-    Build it with `State.load` (or `State(None, policy)` for a state that is never
-    written, as `simulate` may use). The dictionaries and entries are changed only
+    Build it with `State.load(directory, policy, ...)`, or in two steps with
+    `State(directory)` and `open(policy, ...)` (what `hooks.Hooks` does when it is
+    given an unopened state), or as `State(None, policy)` for a state that is never
+    written (as `simulate` may use). The dictionaries and entries are changed only
     through the methods below (they also keep the per-record JSON cache right); each
     takes the state's own lock, so `save()` from any thread sees a consistent
     snapshot. Callers that must keep the state in step with the policy (hooks) hold
@@ -136,14 +138,16 @@ class State:
     """
 
     def __init__(
-        self, directory: Optional[str], policy: str, clock: Callable[[], float] = time.time
+        self, directory: Optional[str], policy: str = "", clock: Callable[[], float] = time.time
     ) -> None:
         self.directory = directory
         self.path = os.path.join(directory, STATE_FILE) if directory else None
         self.policy = policy
         self.pods: Dict[str, Pod] = {}
         self.containers: Dict[str, ContainerEntry] = {}
-        #: what load() found: "missing", "loaded", "moved-aside", "switched"
+        #: whether open() has read the directory (always true without a directory)
+        self.opened = directory is None
+        #: what open() found: "missing", "loaded", "moved-aside", "switched"
         self.origin = "missing"
         #: path the unusable file was moved to (origin "moved-aside")
         self.moved_to: Optional[str] = None
@@ -174,56 +178,69 @@ class State:
         clock: Callable[[], float] = time.time,
     ) -> State:
         """Read ``directory/state.json`` for `policy` (see the module docstring)."""
-        state = cls(directory, policy, clock)
-        state._prepare_directory()
-        assert state.path is not None
+        return cls(directory, policy, clock).open(policy, disable_policy_switch)
+
+    def open(self, policy: Optional[str] = None, disable_policy_switch: bool = False) -> State:
+        """Prepare the directory and read the file for `policy` (default: the one given
+        to the constructor); returns self. See the module docstring for what happens
+        with missing, corrupt and foreign files."""
+        if policy is not None:
+            self.policy = policy
+        if not self.policy:
+            raise ValueError("State.open needs the name of the active policy")
+        self.opened = True
+        if self.directory is None:
+            return self
+        self._prepare_directory()
+        assert self.path is not None
         try:
-            with open(state.path, "rb") as f:
+            with open(self.path, "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            log.info("no state file %s: starting with an empty state", state.path)
-            return state
+            log.info("no state file %s: starting with an empty state", self.path)
+            return self
         except IsADirectoryError:
-            state._move_aside(_Corrupt("it is a directory"))
-            return state
+            self._move_aside(_Corrupt("it is a directory"))
+            return self
         except OSError as exc:
-            raise StateError(f"cannot read state file {state.path}: {exc.strerror}") from exc
+            raise StateError(f"cannot read state file {self.path}: {exc.strerror}") from exc
         try:
-            data = state._parse(raw)
+            data = self._parse(raw)
         except _Corrupt as exc:
-            state._move_aside(exc)
-            return state
+            self._move_aside(exc)
+            return self
         old_policy = data["policy"]
-        if old_policy != policy:
+        if old_policy != self.policy:
             if disable_policy_switch:
+                self.pods, self.containers = {}, {}
                 raise StateError(
-                    f"state file {state.path} holds the placements of policy {old_policy!r} but "
-                    f"the configured policy is {policy!r}, and disable-policy-switch refuses to "
-                    f"switch; configure policy {old_policy!r} again, or remove {state.path} "
-                    "(or unset disable-policy-switch) to re-place every container"
+                    f"state file {self.path} holds the placements of policy {old_policy!r} but "
+                    f"the configured policy is {self.policy!r}, and disable-policy-switch "
+                    f"refuses to switch; configure policy {old_policy!r} again, or remove "
+                    f"{self.path} (or unset disable-policy-switch) to re-place every container"
                 )
-            dropped = sum(1 for e in state.containers.values() if e.placement is not None)
-            for entry in state.containers.values():
+            dropped = sum(1 for e in self.containers.values() if e.placement is not None)
+            for entry in self.containers.values():
                 entry.placement = None
-            state.origin = "switched"
-            state.switched_from = old_policy
+            self.origin = "switched"
+            self.switched_from = old_policy
             log.warning(
                 "policy switch: state file %s is of policy %r, the configured policy is %r; "
                 "dropping %d placements, every container is placed again",
-                state.path,
+                self.path,
                 old_policy,
-                policy,
+                self.policy,
                 dropped,
             )
         else:
-            state.origin = "loaded"
+            self.origin = "loaded"
             log.info(
                 "state loaded from %s: %d pods, %d containers",
-                state.path,
-                len(state.pods),
-                len(state.containers),
+                self.path,
+                len(self.pods),
+                len(self.containers),
             )
-        return state
+        return self
 
     def _prepare_directory(self) -> None:
         assert self.directory is not None
@@ -389,6 +406,8 @@ class State:
         Raises `StateError` when the file cannot be written (the in-memory state stays;
         the next save tries again). A state without a directory is not written.
         """
+        if not self.opened:
+            raise StateError(f"state {self.path} saved before open(): it would lose the file")
         with self._lock:
             self._generation += 1
             generation = self._generation
@@ -434,3 +453,8 @@ class State:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
+
+
+#: The name `service.py` builds the state with: ``StateStore(directory)`` is an unopened
+#: `State`; `hooks.Hooks` opens it for its policy.
+StateStore = State

@@ -15,7 +15,7 @@ from cri_resmgr import podspec
 from cri_resmgr.errors import StateError
 from cri_resmgr.policy.base import EXCLUSIVE, GUARANTEED, Placement, Pod
 from cri_resmgr.resources.cpuset import CPUSet
-from cri_resmgr.state import STATE_FILE, VERSION, ContainerEntry, State
+from cri_resmgr.state import STATE_FILE, VERSION, ContainerEntry, State, StateStore
 
 WALL = 1714564800.0  # 2024-05-01T12:00:00Z
 
@@ -277,3 +277,17 @@ def test_write_time_is_reported(tmp_path: Path) -> None:
     size = (tmp_path / STATE_FILE).stat().st_size
     print(f"state write: {per_write * 1000:.2f} ms for {size} bytes (200 containers)")
     assert st.last_save_seconds is not None and st.last_save == pytest.approx(time.time(), abs=60)
+
+
+def test_two_phase_open(tmp_path: Path) -> None:
+    """`StateStore(dir)` (service.py's spelling) is an unopened State; open() reads it."""
+    _filled(tmp_path)
+    st = StateStore(str(tmp_path))
+    assert not st.opened and not st.containers
+    with pytest.raises(StateError, match="before open"):
+        st.save()  # would overwrite the file with an empty state
+    with pytest.raises(ValueError, match="policy"):
+        st.open()
+    assert st.open("static") is st
+    assert st.opened and st.origin == "loaded" and set(st.containers) == {"c1", "c2"}
+    assert State(None, "static").opened  # nothing to read without a directory
