@@ -79,6 +79,10 @@ _TRANSPORT_HEADERS = frozenset(
 )
 
 _IMAGE_PREFIX = "/" + cri_methods.IMAGE_SERVICE + "/"
+_CLIENT_CONTROL = frozenset({http2.RST_STREAM, http2.SETTINGS, http2.WINDOW_UPDATE})
+# How many finished local streams to remember: the runtime may still send a frame or
+# two for a stream the relay reset, and those must not reach the client.
+_GONE_KEPT = 256
 _RST_TO_CODE = {http2.CANCEL: 1, http2.REFUSED_STREAM: 14, http2.NO_ERROR: 13}
 
 
@@ -291,6 +295,7 @@ class _Conn(asyncio.Protocol):
         self.debt = 0  # reply bytes we wrote that the runtime does not know about
         self.held: Deque[Tuple[bytes, int]] = collections.deque()  # (frames, DATA bytes)
         self.waiting: Dict[int, _Stream] = {}  # local calls with reply data waiting for window
+        self.gone: Dict[int, None] = {}  # recently finished local streams, oldest first
         self.last_sid = 0
         self.draining = False
         self.closed = False
@@ -397,7 +402,11 @@ class _Conn(asyncio.Protocol):
         self.loop.create_task(self._connect(self.relay.runtime_target))
 
     def _client_frames(self, buf: bytes, pos: int, run: int) -> None:
-        """Parse client frames from `pos`; bytes from `run` on are forwarded unless cut."""
+        """Parse client frames from `pos`; bytes from `run` on are forwarded unless cut.
+
+        The hot path (DATA, HEADERS, connection WINDOW_UPDATE) is inline; other frames
+        the relay cares about go to `_client_control`.
+        """
         end = len(buf)
         streams = self.streams
         while end - pos >= 9:
@@ -418,38 +427,50 @@ class _Conn(asyncio.Protocol):
                 self._forward(buf, run, nxt)
                 run = nxt
                 self._client_headers_frame(ftype, flags, sid, buf[pos + 9 : nxt])
-            elif ftype == http2.RST_STREAM:
-                stream = streams.get(sid)
-                if stream is not None:
-                    if stream.local is not None:
-                        self._forward(buf, run, pos)
-                        run = nxt
-                        stream.local.cancel()
-                        stream.local.finished = True
-                    stream.code, stream.details = 1, "cancelled by the client"
-                    self._finish(streams.pop(sid))
-            elif ftype == http2.WINDOW_UPDATE:
-                if sid == 0:
-                    inc = http2.read_u32(buf, pos + 9) & 0x7FFFFFFF
-                    if self.debt or self.held or self.waiting:
-                        self._forward(buf, run, pos)
-                        run = nxt
-                        self._client_conn_window(inc)
-                    else:
-                        self.down_window += inc
-                else:
-                    stream = streams.get(sid)
-                    if stream is not None and stream.local is not None:
-                        self._forward(buf, run, pos)
-                        run = nxt
-                        inc = http2.read_u32(buf, pos + 9) & 0x7FFFFFFF
-                        stream.local.send_window += inc
-                        self._pump_local(stream)
-            elif ftype == http2.SETTINGS and not flags & http2.FLAG_ACK:
-                self._client_settings(http2.parse_settings(buf[pos + 9 : nxt]))
+            elif ftype == http2.WINDOW_UPDATE and not (
+                sid or self.debt or self.held or self.waiting
+            ):
+                self.down_window += http2.read_u32(buf, pos + 9) & 0x7FFFFFFF
+            elif ftype in _CLIENT_CONTROL:
+                run = self._client_control(ftype, flags, sid, buf, pos=pos, nxt=nxt, run=run)
             pos = nxt
         self._forward(buf, run, pos)
         self.cbuf = buf[pos:] if pos < end else b""
+
+    def _client_control(
+        self, ftype: int, flags: int, sid: int, buf: bytes, *, pos: int, nxt: int, run: int
+    ) -> int:
+        """RST_STREAM, SETTINGS and the WINDOW_UPDATEs the relay accounts for.
+
+        Returns where the forwarded run continues: `nxt` when this frame is cut.
+        """
+        if ftype == http2.SETTINGS:
+            if not flags & http2.FLAG_ACK:
+                self._client_settings(http2.parse_settings(buf[pos + 9 : nxt]))
+            return run
+        stream = self.streams.get(sid) if sid else None
+        if ftype == http2.RST_STREAM:
+            if stream is None:
+                return run
+            stream.code, stream.details = 1, "cancelled by the client"
+            self._finish(self.streams.pop(sid))
+            if stream.local is None:
+                return run
+            self._forward(buf, run, pos)  # the runtime has forgotten this stream already
+            stream.local.cancel()
+            stream.local.finished = True
+            return nxt
+        # WINDOW_UPDATE
+        if sid == 0:
+            self._forward(buf, run, pos)
+            self._client_conn_window(http2.read_u32(buf, pos + 9) & 0x7FFFFFFF)
+            return nxt
+        if stream is None or stream.local is None:
+            return run
+        self._forward(buf, run, pos)
+        stream.local.send_window += http2.read_u32(buf, pos + 9) & 0x7FFFFFFF
+        self._pump_local(stream)
+        return nxt
 
     def _forward(self, buf: bytes, start: int, stop: int) -> None:
         if stop > start:
@@ -502,6 +523,12 @@ class _Conn(asyncio.Protocol):
         headers = self.client_headers.decode(block)
         if sid in self.streams or sid <= self.last_sid:
             return  # trailers from the client, or a block for a finished stream
+        if self.draining:
+            # Sent after our GOAWAY: the client treats it as refused (and may retry it
+            # elsewhere), so the runtime must not run it.
+            self._up_write(http2.rst_stream(sid, http2.CANCEL))
+            self._emit(http2.rst_stream(sid, http2.REFUSED_STREAM), 0)
+            return
         self.last_sid = sid
         method = ""
         for name, value in headers:
@@ -550,6 +577,11 @@ class _Conn(asyncio.Protocol):
             self._protocol_error(f"runtime: {exc}")
 
     def _server_frames(self, buf: bytes) -> None:
+        """Parse runtime frames; forward runs of them unchanged, re-encode header blocks.
+
+        The hot path (DATA, HEADERS) is inline; other frames the relay cares about go to
+        `_server_control`. DATA of streams the relay answers itself is dropped.
+        """
         end = len(buf)
         pos = run = run_cost = 0
         out: List[bytes] = []
@@ -562,7 +594,7 @@ class _Conn(asyncio.Protocol):
             cut = False  # the frame is not forwarded as it is
             if ftype == http2.DATA:
                 stream = streams.get(sid)
-                if stream is not None and stream.local is not None:
+                if stream is None and sid in self.gone or stream and stream.local is not None:
                     cut = True  # data for a stream we reset: give the runtime its window back
                     if length:
                         self._up_write(http2.window_update(0, length))
@@ -586,29 +618,8 @@ class _Conn(asyncio.Protocol):
                     self._emit_run(buf, run, pos, run_cost, out)
                     run, run_cost = nxt, 0
                     out.append(encoded)
-            elif ftype == http2.RST_STREAM:
-                stream = streams.get(sid)
-                if stream is not None and stream.local is not None:
-                    cut = True
-                elif stream is not None:
-                    rst = http2.read_u32(buf, pos + 9)
-                    stream.code = _RST_TO_CODE.get(rst, 13)
-                    stream.details = f"stream reset by the runtime (HTTP/2 error code {rst})"
-                    self._finish(streams.pop(sid))
-            elif ftype == http2.WINDOW_UPDATE:
-                if sid:
-                    stream = streams.get(sid)
-                    cut = stream is not None and stream.local is not None
-            elif ftype == http2.SETTINGS:
-                if not flags & http2.FLAG_ACK:
-                    settings = http2.parse_settings(buf[pos + 9 : nxt])
-                    size = settings.get(http2.SETTINGS_HEADER_TABLE_SIZE)
-                    if size is not None:
-                        self.client_headers.allow_table_size(size)
-            elif ftype == http2.PUSH_PROMISE:
-                raise http2.ProtocolError("PUSH_PROMISE is not used by gRPC")
-            elif ftype == http2.GOAWAY:
-                cut = self.draining  # we already sent ours; a second one could confuse it
+            elif sid or ftype != http2.WINDOW_UPDATE:
+                cut = self._server_control(ftype, flags, sid, buf[pos + 9 : nxt])
             if cut:
                 self._emit_run(buf, run, pos, run_cost, out)
                 run, run_cost = nxt, 0
@@ -617,6 +628,34 @@ class _Conn(asyncio.Protocol):
         self.sbuf = buf[pos:] if pos < end else b""
         if out:
             self._emit(b"".join(out) if len(out) > 1 else out[0], 0)
+
+    def _server_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> bool:
+        """Runtime frames other than DATA, HEADERS and connection WINDOW_UPDATE.
+
+        Returns True when the frame must not reach the client.
+        """
+        if ftype == http2.PUSH_PROMISE:
+            raise http2.ProtocolError("PUSH_PROMISE is not used by gRPC")
+        if sid:
+            stream = self.streams.get(sid)
+            if stream is None:
+                return sid in self.gone  # a late frame for a stream we answered
+            if stream.local is not None:
+                return True  # the runtime side of a stream we answer: ours to ignore
+            if ftype == http2.RST_STREAM:
+                rst = http2.read_u32(payload)
+                stream.code = _RST_TO_CODE.get(rst, 13)
+                stream.details = f"stream reset by the runtime (HTTP/2 error code {rst})"
+                self._finish(self.streams.pop(sid))
+            return False
+        if ftype == http2.SETTINGS:
+            if not flags & http2.FLAG_ACK:
+                size = http2.parse_settings(payload).get(http2.SETTINGS_HEADER_TABLE_SIZE)
+                if size is not None:
+                    self.client_headers.allow_table_size(size)
+        elif ftype == http2.GOAWAY:
+            return self.draining  # we already sent ours; a second one could confuse it
+        return False
 
     def _emit_run(self, buf: bytes, start: int, stop: int, cost: int, out: List[bytes]) -> None:
         """Queue frames forwarded unchanged; `cost` = their DATA bytes (window they use)."""
@@ -697,7 +736,7 @@ class _Conn(asyncio.Protocol):
     def _server_block(self, sid: int, flags: int, block: bytes) -> Optional[bytes]:
         headers = self.server_headers.decode(block)
         stream = self.streams.get(sid)
-        if stream is not None and stream.local is not None:
+        if stream is None and sid in self.gone or stream and stream.local is not None:
             return None  # the runtime answering a stream we reset: not for the client
         end_stream = flags & http2.FLAG_END_STREAM
         if end_stream and stream is not None:
@@ -826,6 +865,10 @@ class _Conn(asyncio.Protocol):
         """A call is over (the stream is already out of `streams`)."""
         if stream.local is not None:
             self.waiting.pop(stream.sid, None)
+            gone = self.gone
+            gone[stream.sid] = None
+            if len(gone) > _GONE_KEPT:
+                del gone[next(iter(gone))]
         if stream.want:
             self.relay._observe(stream)
         if self.draining:
