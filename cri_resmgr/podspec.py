@@ -32,7 +32,9 @@ Rounding of the estimates (kubelet writes `floor(m * 1024 / 1000)` shares, clamp
   has at most one preimage and the ceiling is it). Lossy at the ends: **2 shares read
   as 0** (kubelet writes 2 for no request and for requests of 1m and 2m, so a
   BestEffort container and a 2m request look the same), and 262144 shares (the kernel
-  maximum) read as 256000 (requests above 256 CPUs are clamped by kubelet).
+  maximum) read as 256000 (requests above 256 CPUs are clamped by kubelet), except
+  for Guaranteed containers with a CPU quota: their request equals the limit, which
+  the quota gives exactly.
 * quota/period -> milli-CPUs is `ceil(quota * 1000 / period)`: exact for every limit
   whose quota is above the 1000 µs minimum (with the default 100000 µs period: every
   limit of at least 10m; other periods of at least 1000 µs likewise); smaller limits
@@ -428,8 +430,11 @@ def estimate(resources: LinuxResources, qos: str) -> Estimate:
     """CPU request/limit and memory limit from the CRI fields (see the module docstring)."""
     request = shares_to_milli_cpu(resources.cpu_shares)
     limit = quota_to_milli_cpu(resources.cpu_quota, resources.cpu_period)
-    if qos == GUARANTEED and limit == 0:
-        limit = request  # quota disabled (0 or -1): a Guaranteed limit equals its request
+    if qos == GUARANTEED:
+        if limit == 0:
+            limit = request  # quota disabled (0 or -1): a Guaranteed limit equals its request
+        elif resources.cpu_shares >= MAX_SHARES and limit > request:
+            request = limit  # shares clamped at 256 CPUs; the quota is exact at any size
     return Estimate(request, limit, max(resources.memory_limit_in_bytes, 0))
 
 

@@ -290,6 +290,18 @@ def test_guaranteed_without_quota_has_limit_equal_to_request() -> None:
         assert (c.cpu_request, c.cpu_limit, c.exclusive_cpus) == (2000, 2000, 2)
 
 
+def test_guaranteed_above_the_shares_maximum_uses_the_quota() -> None:
+    pod = _pod(GUARANTEED)
+    res = ps.container_resources(R(cpu_limit=300000, memory_limit=GIB), GUARANTEED, GIB)
+    assert res.cpu_shares == ps.MAX_SHARES
+    c = ps.make_container("", "big", pod, res)  # type: ignore[arg-type]
+    assert (c.cpu_request, c.cpu_limit, c.exclusive_cpus) == (300000, 300000, 300)
+    # Burstable: the request stays the (clamped) shares estimate
+    res = ps.container_resources(R(cpu_request=300000, cpu_limit=400000), BURSTABLE, GIB)
+    c = ps.make_container("", "big", _pod(BURSTABLE), res)  # type: ignore[arg-type]
+    assert (c.cpu_request, c.cpu_limit) == (256000, 400000)
+
+
 def test_qos_without_a_kubelet_cgroup_parent() -> None:
     pod = ps.make_pod("s", "u", "p", "default", "")
     assert pod.qos == BESTEFFORT
