@@ -296,7 +296,8 @@ _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1
 
 def parse_timeout(value: str) -> Optional[float]:
     """Seconds of a `grpc-timeout` header value (e.g. `100m`), None if malformed."""
-    if len(value) < 2 or value[-1] not in _TIMEOUT_UNITS or not value[:-1].isdigit():
+    digits = value[:-1]
+    if not digits or value[-1] not in _TIMEOUT_UNITS or not (digits.isascii() and digits.isdigit()):
         return None
     return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
 

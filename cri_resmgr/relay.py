@@ -78,6 +78,8 @@ _TRANSPORT_HEADERS = frozenset(
     }
 )
 
+# Of those, what the runtime's trailing metadata may carry on to the client.
+_NOT_TRAILING_METADATA = _TRANSPORT_HEADERS - {"grpc-status-details-bin"}
 _IMAGE_PREFIX = "/" + cri_methods.IMAGE_SERVICE + "/"
 _CLIENT_CONTROL = frozenset({http2.RST_STREAM, http2.SETTINGS, http2.WINDOW_UPDATE})
 # How many finished local streams to remember: the runtime may still send a frame or
@@ -204,9 +206,15 @@ class _LocalCall:
                         deadline = stream.start + seconds
                 continue
             if name.endswith("-bin"):
-                metadata.append((name, _b64decode(value)))
-            else:
+                raw = _b64decode(value)
+                if raw is not None:
+                    metadata.append((name, raw))
+            elif value.isascii() and value.isprintable():
                 metadata.append((name, value))
+            else:  # grpcio refuses to send such a value on
+                log.debug(
+                    "relay: dropping metadata %s of %s: not printable ASCII", name, stream.method
+                )
         self.info = CallInfo(stream.method, tuple(metadata), deadline)
         self.future: Optional[grpc.Future] = None
         self.lock = threading.Lock()
@@ -220,17 +228,26 @@ class _LocalCall:
             fut.cancel()
 
 
-def _b64decode(value: str) -> bytes:
-    """The bytes of a `-bin` header value (a latin-1 string, see http2.BlockDecoder)."""
+def _b64decode(value: str) -> Optional[bytes]:
+    """The bytes of a `-bin` header value (a latin-1 string, see http2.BlockDecoder).
+
+    None when it is not base64 (padded or not).
+    """
     if value.startswith("\x00"):
         return value[1:].encode("latin-1")  # true binary metadata (grpc-core extension)
-    return base64.b64decode(value + "=" * (-len(value) % 4))
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except ValueError:  # binascii.Error
+        return None
 
 
-def _metadata_headers(metadata: Sequence[Tuple[str, Any]]) -> List[Tuple[str, str]]:
+def _metadata_headers(
+    metadata: Sequence[Tuple[str, Any]], skip: frozenset = _TRANSPORT_HEADERS
+) -> List[Tuple[str, str]]:
+    """Header fields for grpcio metadata (`-bin` values base64 encoded)."""
     out = []
     for key, value in metadata or ():
-        if key in _TRANSPORT_HEADERS or key.startswith(":"):
+        if key in skip or key.startswith(":"):
             continue
         if key.endswith("-bin"):
             raw = value if isinstance(value, bytes) else str(value).encode()
@@ -772,13 +789,15 @@ class _Conn(asyncio.Protocol):
             result = _Result([], grpc.StatusCode.INTERNAL, f"cri-resmgr: {exc}")
         self._local_reply(stream, result)
 
-    def stream_message(self, stream: _Stream, message: bytes) -> None:
-        """Send one reply message of a call we answer (thread-safe via the loop)."""
+    def stream_message(
+        self, stream: _Stream, message: bytes, initial_metadata: Sequence[Tuple[str, Any]] = ()
+    ) -> None:
+        """Send one reply message of a call we answer (on the loop, via call_soon_threadsafe)."""
         call = stream.local
         assert call is not None
         if call.finished or self.closed:
             return
-        self._local_headers(stream, ())
+        self._local_headers(stream, initial_metadata)
         framed = http2.grpc_frame(message)
         if stream.reply is not None:
             stream.reply += framed
@@ -810,7 +829,7 @@ class _Conn(asyncio.Protocol):
         status = [("grpc-status", str(result.code.value[0]))]
         if result.details:
             status.append(("grpc-message", http2.percent_encode(result.details)))
-        status += _metadata_headers(result.trailing_metadata)
+        status += _metadata_headers(result.trailing_metadata, _NOT_TRAILING_METADATA)
         if not call.headers_sent and not result.messages:
             # Trailers-only response.
             call.headers_sent = True
@@ -1091,8 +1110,11 @@ class Relay:
         loop = self.loop
         assert loop is not None
         try:
+            initial: Optional[Sequence[Tuple[str, Any]]] = None
             for message in it:
-                loop.call_soon_threadsafe(conn.stream_message, call.stream, message)
+                if initial is None:
+                    initial = it.initial_metadata() or ()
+                loop.call_soon_threadsafe(conn.stream_message, call.stream, message, initial)
             return _Result([], grpc.StatusCode.OK, "", (), it.trailing_metadata() or ())
         except grpc.RpcError as exc:
             return _Result(

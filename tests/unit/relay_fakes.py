@@ -101,7 +101,13 @@ class FakeRuntime(grpc.GenericRpcHandler):
 
     def _fail(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         code, _, details = request.decode("utf-8").partition(":")
-        context.set_trailing_metadata((("trailer-key", "trailer-value"), ("err-bin", b"\x00\xff")))
+        context.set_trailing_metadata(
+            (
+                ("trailer-key", "trailer-value"),
+                ("err-bin", b"\x00\xff"),
+                ("grpc-status-details-bin", b"\x08\x05rich"),
+            )
+        )
         context.abort(grpc.StatusCode[code], details)
         raise AssertionError("unreachable")
 
@@ -118,6 +124,7 @@ class FakeRuntime(grpc.GenericRpcHandler):
     def _stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         """Request "count,size;count,size;...": yields numbered messages of those sizes."""
         context.add_callback(self.cancelled.set)
+        context.send_initial_metadata((("x-stream-from", self.name),))
         n = 0
         for part in request.decode().split(";"):
             count, size = (int(x) for x in part.split(","))

@@ -140,6 +140,7 @@ def test_status_and_details_pass(started: Env, code: str, details: str) -> None:
     trailing = dict(err.trailing_metadata())
     assert trailing["trailer-key"] == "trailer-value"
     assert trailing["err-bin"] == b"\x00\xff"
+    assert trailing["grpc-status-details-bin"] == b"\x08\x05rich"
 
 
 def test_metadata_both_ways(started: Env) -> None:
@@ -325,6 +326,7 @@ def test_hook_forward_error_passes_runtime_status(env: Env) -> None:
     trailing = dict(err.trailing_metadata())
     assert trailing["trailer-key"] == "trailer-value"
     assert trailing["err-bin"] == b"\x00\xff"
+    assert trailing["grpc-status-details-bin"] == b"\x08\x05rich"
     assert seen[0].code == grpc.StatusCode.NOT_FOUND
 
 
@@ -793,7 +795,9 @@ def test_split_sockets(env: Env) -> None:
             for method in order:
                 want = "image" if method == IMAGE_ECHO else "runtime"
                 assert call(ch, method, b"x" * 100_000) == want.encode() + b":" + b"x" * 100_000
-            _check_stream(list(ch.unary_stream(IMAGE_STREAM)(spec.encode())), "image", spec)
+            it = ch.unary_stream(IMAGE_STREAM)(spec.encode())
+            _check_stream(list(it), "image", spec)
+            assert dict(it.initial_metadata())["x-stream-from"] == "image"
             _check_stream(list(ch.unary_stream(STREAM)(spec.encode())), "runtime", spec)
         err = rpc_error(lambda c=ch: call(c, UNKNOWN, b"u"))  # type: ignore[misc]
         assert err.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -1195,3 +1199,28 @@ def test_wire_answered_call_waits_for_window_without_debt() -> None:
     frames = w.to_client()
     assert sum(len(f[3]) for f in frames if f[0] == http2.DATA) == 70_005 - 65535
     assert frames[-1][1] & http2.FLAG_END_STREAM
+
+
+def test_wire_hook_metadata_grpcio_cannot_send_is_dropped() -> None:
+    w = Wire(hooks={HOOKED: _noop_hook})
+    extra = (
+        ("x-good", "fine value"),
+        ("x-utf8", "caf\xc3\xa9"),  # latin-1 view of UTF-8 bytes
+        ("x-ctl", "a\x01b"),
+        ("x-bad-bin", "!!not base64!!"),
+        ("x-pad-bin", "AAE="),
+        ("x-nopad-bin", "AAE"),
+        ("x-true-bin", b"\x00\x00\xff"),  # hpack.Encoder takes bytes as they are
+        ("grpc-timeout", "1500m"),
+        ("user-agent", "test"),
+    )
+    w.from_client(w.request(1, HOOKED, extra=extra))
+    info = w.conn.streams[1].local.info  # type: ignore[union-attr]
+    assert info.metadata == (
+        ("x-good", "fine value"),
+        ("x-pad-bin", b"\x00\x01"),
+        ("x-nopad-bin", b"\x00\x01"),
+        ("x-true-bin", b"\x00\xff"),
+    )
+    remaining = info.remaining()
+    assert remaining is not None and 1.0 < remaining <= 1.5
