@@ -3,7 +3,8 @@
 * **fill**: the time of one `StaticPolicy.allocate` (the policy's share of a
   CreateContainer) while a machine fills up with exclusive containers of 1-8 CPUs
   next to 100 shared ones (each exclusive allocation also builds the updates of the
-  100 shared containers), then of `release` while it drains; on the real 112-CPU
+  100 shared containers), then of `release` while it drains, as wall-clock and as
+  CPU time (the wall-clock tail on a busy machine is preemption); on the real 112-CPU
   server topology (tests/data/topologies/server.tar.xz) and on a generated 8-socket
   448-CPU machine.
 * **churn**: 10,000 containers created and removed (a steady population of about 200,
@@ -21,6 +22,7 @@ Run: `python -m bench.bench_policy [--quick]`.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import shutil
 import statistics
@@ -28,7 +30,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.allocator import CPUAllocator
@@ -71,42 +73,57 @@ def reserved_of(topology: Topology) -> CPUSet:
     return CPUSet(topology.cpus_sorted_by_topology()[: topology.threads_per_core])
 
 
-def fill_once(topology: Topology, seed: int, times: Dict[str, List[float]]) -> int:
-    """One fill-and-drain round; appends seconds per call to ``times``; exclusive count."""
-    clock = time.perf_counter
+class Clock:
+    """Wall-clock and CPU time of the calls it measures, seconds per call by label.
+
+    The CPU time (this process) is the policy's own cost; the wall-clock time also
+    counts preemption by other processes, which dominates its tail on a busy machine.
+    """
+
+    def __init__(self) -> None:
+        self.wall: Dict[str, List[float]] = {}
+        self.cpu: Dict[str, List[float]] = {}
+
+    def measure(self, label: str, fn: Callable[[], object]) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()  # raises: nothing is recorded
+        self.cpu.setdefault(label, []).append(time.process_time() - cpu)
+        self.wall.setdefault(label, []).append(time.perf_counter() - wall)
+
+    def report(self, label: str, title: str) -> None:
+        print(f"  {title:40s} wall {stats_ms(self.wall[label])}")
+        print(f"  {'':40s} cpu  {stats_ms(self.cpu[label])}")
+
+
+def fill_once(topology: Topology, seed: int, clock: Clock) -> int:
+    """One fill-and-drain round, measured into ``clock``; returns the exclusive count."""
     rng = random.Random(seed)
     p = StaticPolicy(topology, reserved_of(topology), {})
     for i in range(100):
         c = container(f"s{i}", 500, BURSTABLE)
-        start = clock()
-        p.allocate(f"s{i}", POD, c)
-        times["shared"].append(clock() - start)
+        clock.measure("shared", functools.partial(p.allocate, f"s{i}", POD, c))
     keys = []
     while True:
         key = f"x{len(keys)}"
         c = container(key, 1000 * rng.randint(1, 8), GUARANTEED)
-        start = clock()
         try:
-            p.allocate(key, POD, c)
+            clock.measure("exclusive", functools.partial(p.allocate, key, POD, c))
         except AllocationError:
             break
-        times["exclusive"].append(clock() - start)
         keys.append(key)
     rng.shuffle(keys)
     for key in keys:
-        start = clock()
-        p.release(key)
-        times["release"].append(clock() - start)
+        clock.measure("release", functools.partial(p.release, key))
     return len(keys)
 
 
 def bench_fill(name: str, topology: Topology, rounds: int) -> None:
-    times: Dict[str, List[float]] = {"exclusive": [], "shared": [], "release": []}
-    placed = sum(fill_once(topology, r, times) for r in range(rounds))
+    clock = Clock()
+    placed = sum(fill_once(topology, r, clock) for r in range(rounds))
     print(f"{name}: {len(topology.online)} CPUs, {placed // rounds} exclusive containers per fill")
-    print(f"  allocate exclusive (100 shared updates) {stats_ms(times['exclusive'])}")
-    print(f"  allocate shared                         {stats_ms(times['shared'])}")
-    print(f"  release exclusive                       {stats_ms(times['release'])}")
+    clock.report("exclusive", "allocate exclusive (100 shared updates)")
+    clock.report("shared", "allocate shared")
+    clock.report("release", "release exclusive")
 
 
 def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
@@ -116,7 +133,7 @@ def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
     times: List[float] = []
     created = 0
     failed = 0
-    print(f"{name}: churn of {total} containers, ~200 live; time per decision by block")
+    print(f"{name}: churn of {total} containers, ~200 live; CPU time per decision by block")
     while created < total:
         if len(live) < 200 and (len(live) < 150 or rng.random() < 0.5):
             key = f"c{created}"
@@ -128,19 +145,19 @@ def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
                 c = container(key, rng.randint(100, 2000), BURSTABLE)
             else:
                 c = container(key, 0, BESTEFFORT)
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 p.allocate(key, POD, c)
                 live[key] = None
             except AllocationError:
                 failed += 1
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
         else:
             key = rng.choice(list(live))
             del live[key]
-            start = time.perf_counter()
+            start = time.process_time()
             p.release(key)
-            times.append(time.perf_counter() - start)
+            times.append(time.process_time() - start)
         if len(times) >= block:
             print(f"  after {created:6d} created: {stats_ms(times)}")
             times = []

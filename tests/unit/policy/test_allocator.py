@@ -194,3 +194,16 @@ def test_random_avail_sets(topo: Topology, seed: int) -> None:
             assert len(got) == k and alloc.is_whole_cores(got) and got <= avail
         kept = alloc.keep(got, len(got) // 2)
         assert len(kept) == len(got) // 2 and kept <= got
+
+
+def test_whole_core_shortcut_matches_the_loop(topo: Topology) -> None:
+    alloc = CPUAllocator(topo)
+    rng = random.Random(1)
+    ids = list(topo.online)
+    for _ in range(200):
+        a = CPUSet(rng.sample(ids, rng.randint(0, len(ids)))).bits
+        slow = 0
+        for core in alloc.cores:
+            if core & a == core:
+                slow |= core
+        assert alloc._whole_bits(a) == slow
