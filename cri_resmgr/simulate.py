@@ -816,8 +816,11 @@ def render_table(doc: Mapping[str, Any], topology: Any) -> str:
         if reserved & cpus:
             lines.append(f"  {'reserved':<10} {str(reserved & cpus):<16} (system and kube tasks)")
         idle = cpus - used
-        if idle:
-            lines.append(f"  {'idle':<10} {str(idle):<16} (no container)")
+        isolated = idle & topology.isolated
+        if isolated:
+            lines.append(f"  {'isolated':<10} {str(isolated):<16} (isolcpus, no container)")
+        if idle - isolated:
+            lines.append(f"  {'idle':<10} {str(idle - isolated):<16} (no container)")
     if doc.get("error"):
         lines.append(f"error: {doc['error']}")
     return "\n".join(lines) + "\n"
