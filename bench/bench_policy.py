@@ -102,7 +102,7 @@ def fill_once(topology: Topology, seed: int, clock: Clock) -> int:
     for i in range(100):
         c = container(f"s{i}", 500, BURSTABLE)
         clock.measure("shared", functools.partial(p.allocate, f"s{i}", POD, c))
-    keys = []
+    keys: List[str] = []
     while True:
         key = f"x{len(keys)}"
         c = container(key, 1000 * rng.randint(1, 8), GUARANTEED)

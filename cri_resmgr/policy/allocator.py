@@ -166,8 +166,8 @@ class CPUAllocator:
         dies: Dict[Tuple[int, int], List[_Group]] = {}
         nested = True
         for node in nodes:
-            cpu = topology.cpus[CPUSet.from_bits(node.bits).first()]
-            key = (cpu.package, cpu.die)
+            first = topology.cpus[CPUSet.from_bits(node.bits).first()]
+            key = (first.package, first.die)
             if node.bits & ~topology.dies[key].bits:
                 nested = False
                 break

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Callable, Set
 
 import pytest
 
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.allocator import CPUAllocator
+from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
-from cri_resmgr.resources.topology import Topology
+from cri_resmgr.resources.topology import Topology, load
 
 from .conftest import ALL
 
@@ -207,3 +209,30 @@ def test_whole_core_shortcut_matches_the_loop(topo: Topology) -> None:
             if core & a == core:
                 slow |= core
         assert alloc._whole_bits(a) == slow
+
+
+def test_l3_groups_inside_a_node(tmp_path: Path) -> None:
+    """A node with two L3 caches (AMD CCX-like): requests stay within one L3 group."""
+    root = tmp_path / "ccx"
+    synthetic.write_sysfs(root, sockets=1, cores_per_node=8, threads_per_core=2)
+    cpu_dir = root / "sys/devices/system/cpu"
+    for cpu in range(16):
+        group = (cpu % 8) // 4  # cores 0-3 and 4-7; threads are cpu and cpu + 8
+        index3 = cpu_dir / f"cpu{cpu}/cache/index3"
+        (index3 / "id").write_text(f"{group}\n")
+        (index3 / "shared_cpu_list").write_text(("0-3,8-11" if group == 0 else "4-7,12-15") + "\n")
+        (index3 / "shared_cpu_map").unlink()
+    t = load(root)
+    assert len(t.l3) == 2
+    alloc = CPUAllocator(t)
+    l3 = {key: cpus for key, cpus in t.l3.items()}
+    # a whole L3 group when the request covers it
+    assert alloc.take(t.online, 8) in set(l3.values())
+    # with L3 0 partly used, a small request packs there (best fit), a 6-CPU one too
+    avail = t.online - CPUSet.of(0, 8)
+    got = alloc.take(avail, 2)
+    assert got <= l3[0]
+    got = alloc.take(avail, 6)
+    assert got <= l3[0]
+    # 7 CPUs do not fit L3 0 any more: L3 1 (one group) rather than both
+    assert alloc.take(avail, 7) <= l3[1]

@@ -14,7 +14,15 @@ from typing import Callable, Dict
 import pytest
 
 from cri_resmgr.errors import PolicyError
-from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, SHARED, Container, Decision
+from cri_resmgr.policy.base import (
+    BESTEFFORT,
+    BURSTABLE,
+    GUARANTEED,
+    SHARED,
+    Container,
+    Decision,
+    Placement,
+)
 from cri_resmgr.policy.static import StaticPolicy
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology
@@ -37,7 +45,7 @@ def random_container(rng: random.Random, name: str, ncpus: int) -> Container:
 
 
 def expect_updates(
-    before: Dict[str, object], after: Dict[str, object], d: Decision, subject: str
+    before: Dict[str, Placement], after: Dict[str, Placement], d: Decision, subject: str
 ) -> None:
     changed = {k for k in after if k in before and k != subject and after[k] != before[k]}
     assert set(d.updates) == changed
@@ -60,7 +68,7 @@ class Run:
         self.n += 1
         return f"{prefix}{self.n}"
 
-    def allocate(self, before: Dict[str, object]) -> None:
+    def allocate(self, before: Dict[str, Placement]) -> None:
         key = self.new_key("k")
         c = random_container(self.rng, f"c{self.n}", self.ncpus)
         d = self.p.allocate(key, P, c)
@@ -68,14 +76,14 @@ class Run:
         assert d.placement == self.p.placements()[key]
         expect_updates(before, dict(self.p.placements()), d, key)
 
-    def release(self, before: Dict[str, object]) -> None:
+    def release(self, before: Dict[str, Placement]) -> None:
         key = self.rng.choice(sorted(self.live))
         d = self.p.release(key)
         del self.live[key]
         assert key not in self.p.placements() and d.placement is None
         expect_updates(before, dict(self.p.placements()), d, key)
 
-    def resize(self, before: Dict[str, object]) -> None:
+    def resize(self, before: Dict[str, Placement]) -> None:
         key = self.rng.choice(sorted(self.live))
         c = random_container(self.rng, self.live[key].name, self.ncpus)
         d = self.p.update(key, P, c)
@@ -83,7 +91,7 @@ class Run:
         assert d.placement == self.p.placements()[key]
         expect_updates(before, dict(self.p.placements()), d, key)
 
-    def rename(self, before: Dict[str, object]) -> None:
+    def rename(self, before: Dict[str, Placement]) -> None:
         key = self.rng.choice(sorted(self.live))
         new = self.new_key("id")
         self.p.rename(key, new)
