@@ -252,20 +252,19 @@ class Service:
         sections = {c.section for c in live}
         if "log" in sections:
             self.logging.configure(new.get("log", "level"), new.get("log", "debug"))
-        if "dump" in sections and self.dump is not None:
-            self.dump.set_rules(new.dump_rules)
-            self.dump.set_path(new.get("dump", "file") or None)
-            if self.relay is not None:
-                self.relay.set_observers([self.dump])
+        if self.dump is not None:
+            if "dump" in sections:
+                self.dump.set_rules(new.dump_rules)
+                self.dump.set_path(new.get("dump", "file") or None)  # reopens
+                if self.relay is not None:
+                    self.relay.set_observers([self.dump])
+            else:
+                self.dump.reopen()  # every SIGHUP: logrotate moved the file away
         policy_section = f"policy.{new.policy_name}"
         if self.hooks is not None and policy_section in sections:
             options = new.policy_options(new.policy_name)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self.hooks.reconfigure, options)
-
-    def reopen_dump(self) -> None:
-        if self.dump is not None:
-            self.dump.reopen()
 
     # -- shutdown
 
