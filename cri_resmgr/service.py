@@ -230,6 +230,8 @@ class Service:
             new = cfg.load(self.config.config_dir, self.overrides)
         except ConfigError as exc:
             log.error("reload: configuration rejected, keeping the running one:\n%s", exc)
+            if self.dump is not None:
+                self.dump.reopen()
             sd_notify("READY=1")
             return
         live, restart = cfg.diff_live(self.config, new)
