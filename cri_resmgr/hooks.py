@@ -233,18 +233,24 @@ def _resources_pb(res: LinuxResources) -> api_pb2.LinuxContainerResources:
 
 
 def _placement_text(placement: Optional[Placement]) -> str:
+    """``cpus 2-3, mems 0 (exclusive)``: what a log line says about a placement."""
     if placement is None:
         return "not placed (left as requested)"
     text = f"cpus {placement.cpus or '(unchanged)'}"
     text += f", mems {placement.mems}" if placement.mems is not None else ", mems (unchanged)"
-    text += f" [{placement.cpu_class}"
-    if placement.pool:
-        text += f", pool {placement.pool}"
-    if placement.exclusive:
-        text += f", exclusive {placement.exclusive}"
+    notes = [placement.cpu_class]
+    if placement.pool and placement.pool != placement.cpu_class:
+        notes.append(f"pool {placement.pool}")
+    if placement.exclusive and placement.exclusive != placement.cpus:
+        notes.append(f"exclusive {placement.exclusive}")
     if placement.cpu_shares is not None:
-        text += f", shares {placement.cpu_shares}"
-    return text + "]"
+        notes.append(f"shares {placement.cpu_shares}")
+    return f"{text} ({', '.join(notes)})"
+
+
+def _short(cid: str) -> str:
+    """A container id for log lines: 12 characters, as crictl shows them."""
+    return cid[:12]
 
 
 def _pod_from_config(pod_id: str, config: api_pb2.PodSandboxConfig) -> Pod:
@@ -416,12 +422,14 @@ class Hooks:
                     self.runtime.runtime.UpdateContainerResources(request, timeout=timeout)
                 except Exception as exc:  # noqa: BLE001 - a failed push never fails the call
                     if _code(exc) == "NOT_FOUND":
-                        log.info("cannot move %s (%s): the runtime no longer has it", key, cid)
+                        log.info(
+                            "cannot move %s (%s): the runtime no longer has it", key, _short(cid)
+                        )
                         continue
                     log.warning(
                         "cannot move %s (%s) to %s: %s; retried at the next change",
                         key,
-                        cid,
+                        _short(cid),
                         _placement_text(placement),
                         _describe(exc),
                     )
@@ -430,7 +438,7 @@ class Hooks:
                         self._dirty.add(cid)
                     continue
                 pushed.append(f"{key} ({cid})")
-                log.debug("pushed %s (%s): %s", key, cid, _placement_text(placement))
+                log.debug("pushed %s (%s): %s", key, _short(cid), _placement_text(placement))
         return pushed, failed
 
     def _pod_for(
@@ -521,7 +529,7 @@ class Hooks:
                     "its placement until it is removed",
                     container.key,
                     _describe(exc),
-                    cid,
+                    _short(cid),
                 )
                 self._bind(key, cid)
             else:
@@ -584,9 +592,11 @@ class Hooks:
         self._push(None)
         self._save()
         if inflight.placed and inflight.latest is not None:
-            log.info("placed %s (%s): %s", container.key, cid, _placement_text(inflight.latest))
+            log.info(
+                "placed %s (%s): %s", container.key, _short(cid), _placement_text(inflight.latest)
+            )
         else:
-            log.debug("created %s (%s), not placed", container.key, cid)
+            log.debug("created %s (%s), not placed", container.key, _short(cid))
 
     def _rename(self, key: str, cid: str, inflight: _Inflight) -> None:
         """Policy.rename; for a policy without it (or failing), place again under the id."""
@@ -596,7 +606,7 @@ class Hooks:
         except NotImplementedError:
             pass
         except Exception:  # noqa: BLE001 - the container exists: keep going
-            log.exception("policy %s failed to rename %s to %s", self.name, key, cid)
+            log.exception("policy %s failed to rename %s to %s", self.name, key, _short(cid))
         try:
             decision = self.policy.release(key)
             self._apply_updates(decision.updates)
@@ -608,7 +618,7 @@ class Hooks:
                 "policy %s cannot place %s (%s) under its id: %s; it runs unplaced",
                 self.name,
                 inflight.container.key,
-                cid,
+                _short(cid),
                 exc if isinstance(exc, errors.Error) else _describe(exc),
             )
             inflight.placed = False
@@ -665,7 +675,7 @@ class Hooks:
             raise
         self._save()
         if placement != old.placement:
-            log.info("resized %s (%s): %s", container.key, cid, _placement_text(placement))
+            log.info("resized %s (%s): %s", container.key, _short(cid), _placement_text(placement))
         return reply
 
     def _prepare_update(
@@ -719,7 +729,7 @@ class Hooks:
         log.info(
             "runtime refused to resize %s (%s): %s; kept %s",
             old.container.key,
-            cid,
+            _short(cid),
             _describe(exc),
             _placement_text(placement),
         )
@@ -739,7 +749,7 @@ class Hooks:
                         decision = self.policy.release(cid)
                         self._apply_updates(decision.updates, skip=cid)
                     except Exception:  # noqa: BLE001 - the runtime already acted
-                        log.exception("policy %s failed to release %s", self.name, cid)
+                        log.exception("policy %s failed to release %s", self.name, _short(cid))
                     if entry.placement is not None:
                         released.append((entry.container.key, cid, entry.placement))
                 self._dirty.discard(cid)
@@ -750,7 +760,7 @@ class Hooks:
         self._push(None)
         self._save()
         for key, cid, placement in released:
-            log.info("released %s (%s): %s", key, cid, _placement_text(placement))
+            log.info("released %s (%s): %s", key, _short(cid), _placement_text(placement))
 
     def _forward_then_release(
         self, request: bytes, forward: Forward, cids: Iterable[str], drop: bool
@@ -855,7 +865,7 @@ class Hooks:
                     log.warning(
                         "%s (%s) had %s but %s now; placing it again",
                         entry.container.key,
-                        cid,
+                        _short(cid),
                         _placement_text(p),
                         why,
                     )
@@ -930,7 +940,7 @@ class Hooks:
                     "policy %s cannot place %s (%s): %s; it runs unplaced",
                     self.name,
                     entry.container.key,
-                    cid,
+                    _short(cid),
                     exc if isinstance(exc, errors.Error) else _describe(exc),
                 )
                 report.unplaced.append(f"{entry.container.key} ({cid})")
@@ -942,7 +952,7 @@ class Hooks:
                 log.info(
                     "placed %s (%s): %s",
                     entry.container.key,
-                    cid,
+                    _short(cid),
                     _placement_text(decision.placement),
                 )
 
@@ -955,7 +965,7 @@ class Hooks:
                 try:
                     self._apply_updates(self.policy.release(cid).updates, skip=cid)
                 except Exception:  # noqa: BLE001 - it is gone either way
-                    log.exception("policy %s failed to release %s", self.name, cid)
+                    log.exception("policy %s failed to release %s", self.name, _short(cid))
             self._dirty.discard(cid)
 
         for pod_id in [p for p in self.state.pods if p not in view.sandboxes]:
@@ -970,11 +980,13 @@ class Hooks:
                 forget(cid)
                 self.state.drop_container(cid)
                 report.dropped.append(f"{entry.container.key} ({cid})")
-                log.info("%s (%s) is gone from the runtime; forgotten", entry.container.key, cid)
+                log.info(
+                    "%s (%s) is gone from the runtime; forgotten", entry.container.key, _short(cid)
+                )
             elif listed.state not in _LIVE_STATES and not entry.stopped:
                 forget(cid)
                 self.state.update(cid, placement=None, stopped=True)
-                log.info("%s (%s) has exited; its CPUs are free", entry.container.key, cid)
+                log.info("%s (%s) has exited; its CPUs are free", entry.container.key, _short(cid))
 
     def _adopt(self, view: _RuntimeView, report: ResyncReport, to_place: List[str]) -> None:
         for cid, listed in view.containers.items():
@@ -991,7 +1003,9 @@ class Hooks:
             self.state.put_container(ContainerEntry(container, resources))
             to_place.append(cid)
             report.adopted.append(f"{container.key} ({cid})")
-            log.info("adopting %s (%s), running before cri-resmgr knew it", container.key, cid)
+            log.info(
+                "adopting %s (%s), running before cri-resmgr knew it", container.key, _short(cid)
+            )
 
     def _runtime_view(self) -> _RuntimeView:
         """What the runtime has: sandboxes, containers, and details of live containers."""
@@ -1019,7 +1033,7 @@ class Hooks:
                     api_pb2.ContainerStatusRequest(container_id=cid, verbose=True), timeout=timeout
                 )
             except Exception as exc:  # noqa: BLE001 - it may be gone by now
-                log.warning("resync: no status of container %s: %s", cid, _describe(exc))
+                log.warning("resync: no status of container %s: %s", _short(cid), _describe(exc))
                 continue
             resources, cpus = _status_resources(status)
             if cpus is not None:
