@@ -611,7 +611,7 @@ class _Conn(asyncio.Protocol):
             cut = False  # the frame is not forwarded as it is
             if ftype == http2.DATA:
                 stream = streams.get(sid)
-                if stream is None and sid in self.gone or stream and stream.local is not None:
+                if (stream.local is not None) if stream is not None else (sid in self.gone):
                     cut = True  # data for a stream we reset: give the runtime its window back
                     if length:
                         self._up_write(http2.window_update(0, length))
@@ -753,7 +753,7 @@ class _Conn(asyncio.Protocol):
     def _server_block(self, sid: int, flags: int, block: bytes) -> Optional[bytes]:
         headers = self.server_headers.decode(block)
         stream = self.streams.get(sid)
-        if stream is None and sid in self.gone or stream and stream.local is not None:
+        if (stream.local is not None) if stream is not None else (sid in self.gone):
             return None  # the runtime answering a stream we reset: not for the client
         end_stream = flags & http2.FLAG_END_STREAM
         if end_stream and stream is not None:
