@@ -56,6 +56,11 @@ MAX_MESSAGE = 16 * 1024 * 1024  # as kubelet: 16 MiB both ways
 GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
+    # A local socket: retry connecting within a second of the runtime coming back,
+    # not after grpc's default backoff (which grows to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
 # What an observer wants of a method's calls.

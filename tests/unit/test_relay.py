@@ -40,6 +40,7 @@ from relay_fakes import (
 )
 
 from cri_resmgr import errors, http2, relay
+from cri_resmgr.cri import api_pb2
 from cri_resmgr.relay import CallInfo, Forward, ForwardError
 
 
@@ -1224,3 +1225,54 @@ def test_wire_hook_metadata_grpcio_cannot_send_is_dropped() -> None:
     )
     remaining = info.remaining()
     assert remaining is not None and 1.0 < remaining <= 1.5
+
+
+# --- wait_for_runtime, check_stale_socket -----------------------------------------
+
+
+def _version_runtime(fake: FakeRuntime) -> FakeRuntime:
+    reply = api_pb2.VersionResponse(runtime_name="fake", runtime_version="1.2.3")
+    fake.unary[ECHO] = lambda request, context: reply.SerializeToString()
+    return fake
+
+
+def test_wait_for_runtime_up(env: Env) -> None:
+    _version_runtime(env.runtime())
+    assert relay.wait_for_runtime("unix://" + env.runtime_path, timeout=5) == "fake 1.2.3"
+
+
+def test_wait_for_runtime_times_out(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    sleeps: List[float] = []
+    with caplog.at_level(logging.WARNING, logger="cri_resmgr.relay"):
+        with pytest.raises(errors.RuntimeUnavailable, match=env.runtime_path):
+            relay.wait_for_runtime(env.runtime_path, timeout=0.5, sleep=sleeps.append)
+    assert sleeps == [0.1, 0.2, 0.4]  # (real time barely moves) then 0.8 would pass it
+    assert len([r for r in caplog.records if "waiting for the runtime" in r.getMessage()]) == 1
+
+
+def test_wait_for_runtime_waits_for_it(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    sleeps: List[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            _version_runtime(env.runtime())
+        time.sleep(0.05)
+
+    with caplog.at_level(logging.INFO, logger="cri_resmgr.relay"):
+        assert relay.wait_for_runtime(env.runtime_path, timeout=20, sleep=sleep) == "fake 1.2.3"
+    assert sleeps[:4] == [0.1, 0.2, 0.4, 0.8] and max(sleeps) <= 5.0
+    assert any("answers: fake 1.2.3" in r.getMessage() for r in caplog.records)
+
+
+def test_check_stale_socket(env: Env) -> None:
+    relay.check_stale_socket(env.relay_path)  # nothing there: fine
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(env.relay_path)
+    stale.close()
+    relay.check_stale_socket(env.relay_path)
+    assert not os.path.exists(env.relay_path)
+    env.runtime()
+    with pytest.raises(relay.RelayError, match="another server is listening"):
+        relay.check_stale_socket(env.runtime_path)
+    assert os.path.exists(env.runtime_path)
