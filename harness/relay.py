@@ -44,8 +44,9 @@ class RelayProcess:
         self.config_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "relay.log"
         self.flags = list(flags)
-        self.env = dict(os.environ, **(env or {}))
-        self.env.pop("NOTIFY_SOCKET", None)
+        self.env = dict(os.environ)
+        self.env.pop("NOTIFY_SOCKET", None)  # ours, if any, is not the child's systemd
+        self.env.update(env or {})
         self.env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
         self.proc: Optional[subprocess.Popen] = None
 

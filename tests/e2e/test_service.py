@@ -1,0 +1,95 @@
+"""End-to-end: the service process under a supervisor: readiness, signals, daemon mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+
+from harness import cri_objects as co
+
+
+def _wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_sd_notify_ready_reloading_stopping(relay_factory, tmp_path: Path) -> None:
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(20)
+    try:
+        relay = relay_factory(start=False)
+        relay.env["NOTIFY_SOCKET"] = path
+        relay.start()
+        assert sock.recv(4096) == b"READY=1"
+        assert os.path.exists(relay.socket)  # ready means the socket serves
+        relay.signal(signal.SIGHUP)
+        assert sock.recv(4096).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert sock.recv(4096) == b"READY=1"
+        relay.signal(signal.SIGTERM)
+        assert sock.recv(4096) == b"STOPPING=1"
+        assert relay.proc.wait(30) == 0
+    finally:
+        sock.close()
+
+
+def test_sigusr1_toggles_debug_logging(relay_factory) -> None:
+    relay = relay_factory()
+    relay.signal(signal.SIGUSR1)
+    _wait_for(lambda: "debug logging for all modules on" in relay.log_text())
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        co.call(ch, "Version")
+    relay.signal(signal.SIGUSR1)
+    _wait_for(lambda: "debug logging for all modules off" in relay.log_text())
+
+
+def test_sigusr2_writes_count_summary(relay_factory, tmp_path: Path) -> None:
+    dump = tmp_path / "cri.dump"
+    relay = relay_factory("-dump=reset,count:.*", f"-dump-file={dump}")
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        for _ in range(3):
+            co.call(ch, "Version")
+    relay.signal(signal.SIGUSR2)
+    _wait_for(lambda: dump.exists() and "Version: 3 calls" in dump.read_text(), what="summary")
+
+
+def test_reload_reports_keys_that_need_a_restart(relay_factory) -> None:
+    relay = relay_factory(start=False)
+    (relay.config_dir / "10.conf").write_text("[log]\nlevel = info\n")
+    relay.start()
+    (relay.config_dir / "10.conf").write_text("[log]\nlevel = debug\n[runtime]\nrunner = crio\n")
+    relay.signal(signal.SIGHUP)
+    _wait_for(lambda: "reload: 1 live changes applied, 1 need a restart" in relay.log_text())
+    assert "[runtime] runner changed" in relay.log_text()
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        assert co.call(ch, "Version").runtime_name == "containerd"  # still the old runtime
+
+
+def test_daemon_mode_detaches_with_a_pid_file(relay_factory, runtime) -> None:
+    relay = relay_factory(start=False)
+    pid_file = relay.workdir / "cri-resmgr.pid"
+    log_file = relay.workdir / "daemon.log"
+    cmd = relay.command() + ["-daemon", f"-pid-file={pid_file}", f"-log-file={log_file}"]
+    out = subprocess.run(cmd, env=relay.env, capture_output=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    _wait_for(lambda: pid_file.exists() and os.path.exists(relay.socket), what="daemon")
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        assert pid != os.getpid()
+        with grpc.insecure_channel("unix:" + relay.socket) as ch:
+            assert co.call(ch, "Version").runtime_name == "containerd"
+        assert "ready" in log_file.read_text()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    _wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="daemon exit")
+    assert not os.path.exists(relay.socket)
+    assert not pid_file.exists()
