@@ -98,7 +98,7 @@ def test_dump_file_is_reopened_after_logrotate(relay_factory, tmp_path: Path) ->
         rotated = tmp_path / "cri.dump.1"
         dump_file.rename(rotated)
         relay.signal(signal.SIGHUP)
-        _wait_for(lambda: dump_file.exists(), what="a new dump file")
+        _wait_for(dump_file.exists, what="a new dump file")
         co.call(ch, "Version")
         _wait_for(lambda: "<= Version" in dump_file.read_text(), what="records in the new file")
     assert os.stat(dump_file).st_mode & 0o777 == 0o600
