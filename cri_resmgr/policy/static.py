@@ -9,6 +9,9 @@ decisions worth knowing when changing the code:
   ``_shared`` holds the keys of shared containers (insertion order, for stable
   update lists); ``_preserved`` the placements adopted as they were (on-error=pass
   leftovers). ``_placements`` is the answer of `placements` and is kept in step.
+  ``_previous`` remembers a container's exclusive CPUs before its last resize, so
+  that resizing back (how the hooks undo a resize the runtime refused) returns to
+  exactly those CPUs when they are still free.
 * **Shared pool** = online CPUs - isolated CPUs - exclusive CPUs (- reserved CPUs
   with ``strict-reservation``). It is never empty: an exclusive allocation that
   would take its last CPU fails. Whenever it changes, every shared container's
@@ -105,8 +108,9 @@ class StaticPolicy(Policy):
     In-place resize (UpdateContainerResources from kubelet): an exclusive container
     grows by CPUs next to the ones it has, or shrinks by giving back its loosest
     CPUs; a container whose request becomes fractional moves to the shared pool and
-    one whose request becomes a whole number moves to exclusive CPUs. When there are
-    not enough free CPUs the resize fails with an error and nothing changes.
+    one whose request becomes a whole number moves to exclusive CPUs. Resizing back
+    returns to the CPUs it had, when they are still free. When there are not enough
+    free CPUs the resize fails with an error and nothing changes.
 
     Options ([policy.static]):
       strict-reservation = false  keep the reserved CPUs out of the shared pool too:
@@ -146,6 +150,8 @@ class StaticPolicy(Policy):
         self._preserved: Dict[str, Placement] = {}
         self._placements: Dict[str, Placement] = {}
         self._names: Dict[str, str] = {}  # key -> namespace/pod:container, for messages
+        # key -> its exclusive CPUs before its last resize: resizing back returns to them
+        self._previous: Dict[str, CPUSet] = {}
         pool = self._pool_for(self._owned)
         if not pool:
             raise PolicyError(
@@ -290,6 +296,7 @@ class StaticPolicy(Policy):
         self._names.pop(key, None)
         self._shared.pop(key, None)
         self._preserved.pop(key, None)
+        self._previous.pop(key, None)
         return self._exclusive.pop(key, None)
 
     def _add_exclusive(self, key: str, name: str, cpus: CPUSet) -> Placement:
@@ -377,8 +384,9 @@ class StaticPolicy(Policy):
         if current is None:
             if count == 0:
                 return Decision(placement=self._shared_placement)
-            cpus = self._pick(name, count)
+            cpus = self._previous_cpus(key, name, count, _NO_CPUS) or self._pick(name, count)
             del self._shared[key]
+            self._previous.pop(key, None)
             placement = self._add_exclusive(key, name, cpus)
             updates = self._set_pool(exclude=key)
             log.debug("%s: resized from shared to exclusive CPUs %s", name, cpus)
@@ -391,19 +399,42 @@ class StaticPolicy(Policy):
             self._owned = self._owned - current
             updates = self._set_pool(exclude=key)
             self._add_shared(key, name)
+            self._previous[key] = current
             log.debug("%s: resized from exclusive CPUs %s to the shared pool", name, current)
             return Decision(placement=self._shared_placement, updates=updates)
-        if count > have:
-            cpus = current | self._pick(name, count, current)
-        else:
-            self._check_full_cores(name, count)
-            cpus = self.allocator.keep(current, count, full_cores=self.full_pcpus_only)
+        cpus = self._previous_cpus(key, name, count, current)
+        if cpus is None:
+            if count > have:
+                cpus = current | self._pick(name, count, current)
+            else:
+                self._check_full_cores(name, count)
+                cpus = self.allocator.keep(current, count, full_cores=self.full_pcpus_only)
         self._owned = (self._owned - current) | cpus
         self._exclusive[key] = cpus
+        self._previous[key] = current
         placement = self._placements[key] = self._make_exclusive(cpus)
         updates = self._set_pool(exclude=key)
         log.debug("%s: resized exclusive CPUs %s -> %s", name, current, cpus)
         return Decision(placement=placement, updates=updates)
+
+    def _previous_cpus(self, key: str, name: str, count: int, current: CPUSet) -> Optional[CPUSet]:
+        """The CPUs ``key`` had before its last resize, if a resize to ``count`` can
+        return to exactly them (so that resizing back, e.g. the hooks undoing a resize
+        the runtime refused, restores the old placement); None otherwise."""
+        previous = self._previous.get(key)
+        if previous is None or len(previous) != count:
+            return None
+        self._check_full_cores(name, count)
+        others = self._owned - current
+        extra = previous - current
+        if (
+            extra & (others | self.reserved)
+            or not extra <= self.topology.online
+            or not self._pool_for(others | previous)
+            or (self.full_pcpus_only and not self.allocator.is_whole_cores(previous))
+        ):
+            return None
+        return previous
 
     def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
         """Adopt persisted placements; re-place the exclusive ones that no longer fit.
@@ -529,6 +560,8 @@ class StaticPolicy(Policy):
             self._shared[new] = None
         if old in self._preserved:
             self._preserved[new] = self._preserved.pop(old)
+        if old in self._previous:
+            self._previous[new] = self._previous.pop(old)
 
     def reconfigure(self, options: Mapping[str, Any]) -> Decision:
         """Apply changed strict-reservation / full-pcpus-only.

@@ -299,3 +299,41 @@ def test_fill_and_drain_every_machine(name: str, machine: Callable[[str], Topolo
         p.release(key)
         check(p)
     assert p.shared_pool == t.online - t.isolated
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(4, 8), (8, 3), (3, 0), (0, 2), (6, 5), (5, 6)],
+)
+def test_resizing_back_is_an_exact_undo(snc80: Topology, old: int, new: int) -> None:
+    """The hooks undo a resize the runtime refused by resizing back: same placements."""
+    p = static(snc80, "0")
+    p.allocate("s", P, burstable("s"))
+    p.allocate("a", P, exclusive("a", 3))
+    p.allocate("x", P, exclusive("x", old) if old else burstable("x"))
+    p.allocate("b", P, exclusive("b", 5))
+    before = p.placements()
+    d = p.update("x", P, exclusive("x", new) if new else burstable("x"))
+    assert d.placement is not None
+    back = p.update("x", P, exclusive("x", old) if old else burstable("x"))
+    assert back.placement == before["x"]
+    assert p.placements() == before
+    check(p)
+
+
+def test_resizing_back_picks_anew_when_the_old_cpus_are_taken(desktop: Topology) -> None:
+    p = static(desktop, "0")
+    d = p.allocate("x", P, exclusive("x", 4))
+    assert d.placement is not None
+    old = d.placement.cpus
+    p.update("x", P, exclusive("x", 2))
+    # another container takes what x gave back
+    p.allocate("y", P, exclusive("y", 17))
+    with pytest.raises(AllocationError):
+        p.update("x", P, exclusive("x", 4))
+    p.release("y")
+    p.allocate("z", P, exclusive("z", 1))
+    grown = p.update("x", P, exclusive("x", 4))
+    assert grown.placement is not None and len(grown.placement.cpus) == 4
+    assert grown.placement.cpus != old or not p.exclusive_cpus()["z"] & old
+    check(p)

@@ -85,11 +85,19 @@ class Run:
 
     def resize(self, before: Dict[str, Placement]) -> None:
         key = self.rng.choice(sorted(self.live))
-        c = random_container(self.rng, self.live[key].name, self.ncpus)
+        old = self.live[key]
+        c = random_container(self.rng, old.name, self.ncpus)
         d = self.p.update(key, P, c)
         self.live[key] = c
         assert d.placement == self.p.placements()[key]
         expect_updates(before, dict(self.p.placements()), d, key)
+        if self.rng.random() < 0.3:
+            # the hooks undo a refused resize by resizing back: exactly as before
+            after = dict(self.p.placements())
+            back = self.p.update(key, P, old)
+            self.live[key] = old
+            assert dict(self.p.placements()) == before
+            expect_updates(after, before, back, key)
 
     def rename(self, before: Dict[str, Placement]) -> None:
         key = self.rng.choice(sorted(self.live))
