@@ -321,6 +321,7 @@ class _Conn(asyncio.Protocol):
         self.last_sid = 0
         self.draining = False
         self.closed = False
+        self.connecting: Optional[asyncio.Task] = None  # a reference keeps the task alive
 
     # -- connection events
 
@@ -385,12 +386,13 @@ class _Conn(asyncio.Protocol):
             self.up_pending.append(data)
 
     def _fail_open_streams(self, code: int, details: str) -> None:
-        for stream in list(self.streams.values()):
+        streams = list(self.streams.values())
+        self.streams.clear()  # first: _finish() checks whether a draining relay is idle
+        for stream in streams:
             if stream.local is not None:
                 stream.local.cancel()
             stream.code, stream.details = code, details
             self._finish(stream)
-        self.streams.clear()
 
     # -- client -> runtime
 
@@ -421,7 +423,7 @@ class _Conn(asyncio.Protocol):
         send no call before the server's SETTINGS, which come from the runtime. With a
         separate image socket, image calls are answered via grpcio (`_LocalCall`).
         """
-        self.loop.create_task(self._connect(self.relay.runtime_target))
+        self.connecting = self.loop.create_task(self._connect(self.relay.runtime_target))
 
     def _client_frames(self, buf: bytes, pos: int, run: int) -> None:
         """Parse client frames from `pos`; bytes from `run` on are forwarded unless cut.

@@ -1276,3 +1276,22 @@ def test_check_stale_socket(env: Env) -> None:
     with pytest.raises(relay.RelayError, match="another server is listening"):
         relay.check_stale_socket(env.runtime_path)
     assert os.path.exists(env.runtime_path)
+
+
+def test_stop_returns_when_the_last_call_fails(env: Env) -> None:
+    """A draining relay whose runtime goes away has nothing left to wait for."""
+    fake = env.runtime()
+    r = env.start()
+    slow = env.channel().unary_unary(SLOW).future(b"30", timeout=20)
+    assert wait_until(lambda: len(fake.calls(SLOW)) == 1)
+    stop = asyncio.run_coroutine_threadsafe(r.stop(grace=30.0), env.thread.loop)
+    assert wait_until(lambda: not os.path.exists(env.relay_path))
+
+    def crash() -> None:  # the runtime dies: no GOAWAY, no RST_STREAM
+        for conn in r._conns:
+            assert conn.up is not None
+            conn.up.abort()
+
+    env.thread.call(crash)
+    stop.result(10)  # well before the grace period ends
+    assert rpc_error(slow.result).code() == grpc.StatusCode.UNAVAILABLE
