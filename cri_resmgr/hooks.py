@@ -45,13 +45,14 @@ nodes chosen. Times are seconds.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -307,6 +308,8 @@ class Hooks:
         self._inflight: Dict[str, _Inflight] = {}
         self._dirty: Set[str] = set()  # container ids whose placement the runtime lacks
         self._resynced = False  # restore happens at the first resync only
+        # sandboxes removed lately, for creates that were in flight meanwhile
+        self._gone_pods: Deque[str] = collections.deque(maxlen=1024)
         self._closed = False
 
     # -- configuration
@@ -579,6 +582,19 @@ class Hooks:
         """The runtime created the container: its provisional key becomes its id."""
         with self._lock:
             inflight = self._inflight.pop(key)
+            if inflight.pod.id in self._gone_pods:
+                # RemovePodSandbox won the race: the runtime removed this container too
+                if inflight.placed:
+                    self._apply_updates(self.policy.release(key).updates, skip=key)
+                gone = True
+            else:
+                gone = False
+        if gone:
+            self._push(None)
+            self._save()
+            log.info("%s (%s): its pod was removed meanwhile", inflight.container.key, cid)
+            return
+        with self._lock:
             if inflight.placed:
                 self._rename(key, cid, inflight)
             container = dataclasses.replace(inflight.container, id=cid)
@@ -818,6 +834,7 @@ class Hooks:
     def _drop_pod(self, pod_id: str) -> None:
         with self._lock:
             self.state.drop_pod(pod_id)
+            self._gone_pods.append(pod_id)
         self._save()
 
     # -- start-up resync

@@ -643,6 +643,22 @@ def test_pod_stop_and_remove_release_everything(topo4: Topology, tmp_path: Path)
     assert saved(tmp_path)["pods"] == {}
 
 
+def test_pod_removed_while_a_create_is_in_flight(topo4: Topology, tmp_path: Path) -> None:
+    node = make(topo4, tmp_path)
+    pod_id = node.run_pod("web")
+    real = node.runtime.forward(RS + "CreateContainer")
+
+    def racing(request: bytes) -> bytes:
+        reply = real(request)
+        node.call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        node.call("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        return reply
+
+    node.call("CreateContainer", node.create_request("web", "app", cpu=3000), forward=racing)
+    assert node.hooks.policy.placements() == {}  # the 3 CPUs are free again
+    assert not node.hooks.state.containers and not node.hooks._inflight
+
+
 # --- resync ---------------------------------------------------------------------------------------
 
 
