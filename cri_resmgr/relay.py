@@ -53,6 +53,7 @@ from cri_resmgr.cri import methods as cri_methods
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 16 * 1024 * 1024  # as kubelet: 16 MiB both ways
+MAX_RECORDED = MAX_MESSAGE + 5  # message bytes per direction kept for observers
 GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -135,7 +136,9 @@ class CallRecord:
     wall: float  # time.time() at start
     code: int  # gRPC status code value (0 = OK)
     details: str
-    request: Optional[bytes] = None  # gRPC-framed DATA bytes (WANT_MESSAGES only)
+    # gRPC-framed DATA bytes; None unless WANT_MESSAGES, and None when that direction
+    # carried more than MAX_RECORDED bytes (a long server stream, say).
+    request: Optional[bytes] = None
     reply: Optional[bytes] = None
     hooked: bool = False
 
@@ -185,6 +188,22 @@ class _Stream:
         self.code = 0
         self.details = ""
         self.local: Optional[_LocalCall] = None
+
+    def keep_request(self, data: bytes | memoryview) -> None:
+        """Record request bytes for observers (only while `request` is not None)."""
+        kept = self.request
+        assert kept is not None
+        kept += data
+        if len(kept) > MAX_RECORDED:
+            self.request = None
+
+    def keep_reply(self, data: bytes | memoryview) -> None:
+        """Record reply bytes for observers (only while `reply` is not None)."""
+        kept = self.reply
+        assert kept is not None
+        kept += data
+        if len(kept) > MAX_RECORDED:
+            self.reply = None
 
 
 class _LocalCall:
@@ -446,7 +465,7 @@ class _Conn(asyncio.Protocol):
                         run = nxt
                         self._local_data(stream, flags, buf[pos + 9 : nxt], length)
                     elif stream.request is not None:
-                        stream.request += http2.strip_padding(flags, buf[pos + 9 : nxt], False)
+                        stream.keep_request(http2.strip_padding(flags, buf[pos + 9 : nxt], False))
             elif ftype in (http2.HEADERS, http2.CONTINUATION):
                 self._forward(buf, run, nxt)
                 run = nxt
@@ -624,7 +643,7 @@ class _Conn(asyncio.Protocol):
                         self._up_write(http2.window_update(0, length))
                 else:
                     if stream is not None and stream.reply is not None:
-                        stream.reply += http2.strip_padding(flags, buf[pos + 9 : nxt], False)
+                        stream.keep_reply(http2.strip_padding(flags, buf[pos + 9 : nxt], False))
                     if self.held or (self.debt and length > self.down_window - run_cost):
                         # The runtime counts on window our own replies used: wait for more.
                         self._emit_run(buf, run, pos, run_cost, out)
@@ -782,7 +801,7 @@ class _Conn(asyncio.Protocol):
         call = stream.local
         assert call is not None
         if stream.request is not None:
-            stream.request += call.body
+            stream.keep_request(call.body)
         fut = self.loop.run_in_executor(
             self.relay._executor, self.relay._run_local, call, bytes(call.body), self
         )
@@ -807,7 +826,7 @@ class _Conn(asyncio.Protocol):
         self._local_headers(stream, initial_metadata)
         framed = http2.grpc_frame(message)
         if stream.reply is not None:
-            stream.reply += framed
+            stream.keep_reply(framed)
         call.pending.append(framed)
         self._pump_local(stream)
 
@@ -849,7 +868,7 @@ class _Conn(asyncio.Protocol):
         for message in result.messages:
             framed = http2.grpc_frame(message)
             if stream.reply is not None:
-                stream.reply += framed
+                stream.keep_reply(framed)
             call.pending.append(framed)
         call.trailers = http2.encode_block(status)
         self._pump_local(stream)
@@ -1065,6 +1084,10 @@ class Relay:
                     if call.info.cancelled.is_set():
                         raise ForwardError(grpc.StatusCode.CANCELLED, "cancelled by the client")
                     reply = call.hook(request, forward, call.info)
+                if not isinstance(reply, bytes):
+                    if not isinstance(reply, (bytearray, memoryview)):
+                        raise TypeError(f"hook returned {type(reply).__name__}, not bytes")
+                    reply = bytes(reply)
             else:
                 reply = forward(request)
             return _Result(

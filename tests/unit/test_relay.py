@@ -1295,3 +1295,39 @@ def test_stop_returns_when_the_last_call_fails(env: Env) -> None:
     env.thread.call(crash)
     stop.result(10)  # well before the grace period ends
     assert rpc_error(slow.result).code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_hook_returning_other_than_bytes(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    env.runtime()
+    replies: List[Any] = [bytearray(b"ba"), memoryview(b"mv"), None, "text"]
+    env.start(hooks={HOOKED: lambda r, fwd, info: replies.pop(0)})
+    ch = env.channel()
+    assert call(ch, HOOKED, b"x", timeout=5) == b"ba"
+    assert call(ch, HOOKED, b"x", timeout=5) == b"mv"
+    with caplog.at_level(logging.ERROR, logger="cri_resmgr.relay"):
+        for _ in range(2):
+            err = rpc_error(lambda: call(ch, HOOKED, b"x", timeout=5))
+            assert err.code() == grpc.StatusCode.INTERNAL
+            assert "not bytes" in err.details()
+
+
+def test_observer_does_not_keep_long_streams(started: Env) -> None:
+    obs = RecordingObserver(relay.WANT_MESSAGES, [STREAM])
+    assert started.relay is not None
+    started.relay.set_observers([obs])
+    spec = b"17,1048576"  # 17 MiB in all: more than MAX_RECORDED
+    assert len(list(started.channel().unary_stream(STREAM)(spec))) == 17
+    assert len(list(started.channel().unary_stream(STREAM)(b"3,10"))) == 3
+    long_, short = obs.wait_for(2)
+    assert long_.reply is None and long_.request == http2.grpc_frame(spec)
+    assert short.reply is not None and len(short.reply) == 3 * 15
+
+
+def test_socket_owner_copied(env: Env) -> None:
+    env.runtime()
+    r = relay.Relay(env.runtime_path)
+    env.thread.relays.append(r)
+    env.thread.run(r.start(env.relay_path, 0o600, owner_of=env.runtime_path))
+    st, rt = os.stat(env.relay_path), os.stat(env.runtime_path)
+    assert (st.st_uid, st.st_gid) == (rt.st_uid, rt.st_gid)
+    assert stat.S_IMODE(st.st_mode) == 0o600
