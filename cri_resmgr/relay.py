@@ -802,9 +802,9 @@ class _Conn(asyncio.Protocol):
         assert call is not None
         if stream.request is not None:
             stream.keep_request(call.body)
-        fut = self.loop.run_in_executor(
-            self.relay._executor, self.relay._run_local, call, bytes(call.body), self
-        )
+        relay = self.relay
+        executor = relay._executor if call.hook is not None else relay._plain_executor
+        fut = self.loop.run_in_executor(executor, relay._run_local, call, bytes(call.body), self)
         fut.add_done_callback(lambda f: self._local_done(stream, f))
 
     def _local_done(self, stream: _Stream, fut: asyncio.Future) -> None:
@@ -963,6 +963,11 @@ class Relay:
         self._wants: Dict[str, Tuple[int, Tuple[Observer, ...]]] = {}
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=hook_workers, thread_name_prefix="cri-hook"
+        )
+        # Calls answered without a hook (image calls with a separate image socket): a
+        # long PullImage must not take a worker hooks need.
+        self._plain_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=64, thread_name_prefix="cri-forward"
         )
         self._channels: Dict[str, grpc.Channel] = {}
         self._callables: Dict[Tuple[str, str, bool], Any] = {}
@@ -1232,6 +1237,7 @@ class Relay:
         if self._server is not None:
             await self._server.wait_closed()
         self._executor.shutdown(wait=False)
+        self._plain_executor.shutdown(wait=False)
         for channel in self._channels.values():
             channel.close()
 

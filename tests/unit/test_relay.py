@@ -1331,3 +1331,25 @@ def test_socket_owner_copied(env: Env) -> None:
     st, rt = os.stat(env.relay_path), os.stat(env.runtime_path)
     assert (st.st_uid, st.st_gid) == (rt.st_uid, rt.st_gid)
     assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_split_image_calls_do_not_starve_hooks(env: Env) -> None:
+    env.runtime()
+    image_path = str(env.root / "img.sock")
+    image = env.runtime(image_path, name="image")
+    release = threading.Event()
+
+    def blocked(request: bytes, context: grpc.ServicerContext) -> bytes:
+        release.wait(10)
+        return b"pulled"
+
+    image.unary[IMAGE_ECHO] = blocked
+    env.start(image=image_path, hooks={HOOKED: lambda r, fwd, info: fwd(r)})
+    ch = env.channel()
+    try:
+        pulls = [ch.unary_unary(IMAGE_ECHO).future(b"p", timeout=20) for _ in range(12)]
+        assert wait_until(lambda: len(image.calls(IMAGE_ECHO)) == 12)
+        assert call(ch, HOOKED, b"h", timeout=5) == b"runtime:h"
+    finally:
+        release.set()
+    assert [p.result() for p in pulls] == [b"pulled"] * 12
