@@ -35,6 +35,14 @@ def _cpus(channel: grpc.Channel, cid: str) -> Tuple[str, str]:
     return got.cpus, got.mems
 
 
+def _expect(relay: Any, channel: grpc.Channel, cid: str, cpus: str, mems: str = "0") -> None:
+    """The container's cgroup has `cpus`/`mems`; else fail with the relay's log."""
+    got = _cpus(channel, cid)
+    assert got == (cpus, mems), f"{cid[:12]}: cgroup {got}, want {(cpus, mems)}\n" + (
+        relay.log_tail(60)
+    )
+
+
 def _state(relay: Any) -> dict:
     return json.loads((Path(relay.state_dir) / "state.json").read_text())  # type: ignore[no-any-return]
 
@@ -81,11 +89,11 @@ def test_static_policy_survives_sigkill(
     b_pod_id = co.run_pod(ch, b_pod)
     b_cfg = co.container_config("app", b_pod, command=["sleep", "3600"], requests={"cpu": 250})
     b = co.create_and_start(ch, b_pod_id, b_pod, b_cfg)
-    assert _cpus(ch, b) == ("0-1", "0")
+    _expect(relay, ch, b, "0-1")
 
     _restart(relay)
     ch = grpc.insecure_channel(relay.address)
-    assert _cpus(ch, b) == ("0-1", "0")
+    _expect(relay, ch, b, "0-1")
 
     # a Guaranteed 1-CPU container: CPU 1 (0 is reserved); the Burstable one moves to 0
     g_pod = co.pod_sandbox_config("guar", qos="guaranteed", log_root=logs)
@@ -95,16 +103,16 @@ def test_static_policy_survives_sigkill(
         "app", g_pod, command=["sleep", "3600"], requests=g_res, limits=g_res
     )
     g = co.create_and_start(ch, g_pod_id, g_pod, g_cfg)
-    assert _cpus(ch, g) == ("1", "0")
-    assert _cpus(ch, b) == ("0", "0")
+    _expect(relay, ch, g, "1")
+    _expect(relay, ch, b, "0")
     placed = _state(relay)["containers"]
     assert placed[g]["placement"]["exclusive"] == "1"
     assert placed[b]["placement"]["cpus"] == "0"
 
     _restart(relay)
     ch = grpc.insecure_channel(relay.address)
-    assert _cpus(ch, g) == ("1", "0")
-    assert _cpus(ch, b) == ("0", "0")
+    _expect(relay, ch, g, "1")
+    _expect(relay, ch, b, "0")
     assert _state(relay)["containers"][g]["placement"]["exclusive"] == "1"
 
     # CPU 1 is still taken after the restart: a second exclusive CPU is refused
@@ -122,11 +130,11 @@ def test_static_policy_survives_sigkill(
     # the Guaranteed container goes: the Burstable one is back on 0-1
     co.call(ch, "StopContainer", api_pb2.StopContainerRequest(container_id=g, timeout=0))
     co.call(ch, "RemoveContainer", api_pb2.RemoveContainerRequest(container_id=g))
-    assert _cpus(ch, b) == ("0-1", "0")
+    _expect(relay, ch, b, "0-1")
 
     _restart(relay)
     ch = grpc.insecure_channel(relay.address)
-    assert _cpus(ch, b) == ("0-1", "0")
+    _expect(relay, ch, b, "0-1")
     state = _state(relay)
     assert g not in state["containers"] and state["containers"][b]["placement"]["cpus"] == "0-1"
 
@@ -139,8 +147,8 @@ def test_static_policy_survives_sigkill(
             "again", g_pod, command=["sleep", "3600"], requests=g_res, limits=g_res
         ),
     )
-    assert _cpus(ch, g3) == ("1", "0")
-    assert _cpus(ch, b) == ("0", "0")
+    _expect(relay, ch, g3, "1")
+    _expect(relay, ch, b, "0")
     assert "placed default/guar:again" in relay.log_text()
     co.remove_pod(ch, g_pod_id)
     co.remove_pod(ch, b_pod_id)
@@ -162,7 +170,7 @@ def test_containers_from_before_the_relay_are_adopted(
     assert _cpus(direct, g)[0] == "0-1"  # nobody pinned it
 
     relay = relay_factory("-policy=static", "-reserved-cpus=cpuset:0")
-    assert _cpus(direct, g) == ("1", "0")  # adopted and pushed before the socket opened
+    _expect(relay, direct, g, "1")  # adopted and pushed before the socket opened
     assert _state(relay)["containers"][g]["placement"]["exclusive"] == "1"
     assert "adopting default/early:app" in relay.log_text()
     co.remove_pod(grpc.insecure_channel(relay.address), g_pod_id)
