@@ -260,13 +260,33 @@ class StaticPolicy(Policy):
         tiers.append(("non-isolated", general))
         if spare_isolated:
             tiers.append(("any", general | spare_isolated))
+            if not prefer_isolated:
+                tiers.append(("isolated", spare_isolated))
         picked: Optional[CPUSet] = None
         what = ""
+        empties_pool = False
         for what, cands in tiers:  # noqa: B007 - `what` is logged below
-            if alloc.capacity(cands, full) >= need:
-                picked = alloc.take(cands, need, near=current, full_cores=full)
+            if alloc.capacity(cands, full) < need:
+                continue
+            picked = alloc.take(cands, need, near=current, full_cores=full)
+            if self._pool_for(self._owned | picked):
                 break
+            # it would take the last shared CPUs: try again leaving one (or a core) out
+            picked = None
+            empties_pool = True
+            last = (self._pool & cands).last()
+            spare = alloc.core_of(last) if full else CPUSet.of(last)
+            if alloc.capacity(cands - spare, full) >= need:
+                picked = alloc.take(cands - spare, need, near=current, full_cores=full)
+                if self._pool_for(self._owned | picked):
+                    break
+                picked = None
         if picked is None:
+            if empties_pool:
+                raise AllocationError(
+                    f"cannot give {name} {count} exclusive CPUs: that would leave no CPU "
+                    f"for the shared pool ({self._pool} now)"
+                )
             free = alloc.capacity(general | spare_isolated, full)
             unit = " in whole cores" if full else ""
             if current:
@@ -279,11 +299,6 @@ class StaticPolicy(Policy):
             raise AllocationError(
                 f"{head} ({len(self.topology.online)} online, {len(self.reserved)} reserved, "
                 f"{len(self._owned)} exclusive to {len(self._exclusive)} container(s))"
-            )
-        if not self._pool_for(self._owned | picked):
-            raise AllocationError(
-                f"cannot give {name} {count} exclusive CPUs: that would leave no CPU for "
-                f"the shared pool ({self._pool} now)"
             )
         log.debug("%s: %d exclusive CPU(s) %s from %s CPUs", name, need, picked, what)
         return picked

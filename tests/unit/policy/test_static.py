@@ -337,3 +337,21 @@ def test_resizing_back_picks_anew_when_the_old_cpus_are_taken(desktop: Topology)
     assert grown.placement is not None and len(grown.placement.cpus) == 4
     assert grown.placement.cpus != old or not p.exclusive_cpus()["z"] & old
     check(p)
+
+
+def test_isolated_cpus_keep_the_shared_pool_alive(machine: Callable[[str], Topology]) -> None:
+    t = machine("nosmt-iso")  # CPUs 0-4,6-11 online, 10-11 isolated, no SMT
+    p = StaticPolicy(t, CPUSet.of(0), {"strict-reservation": True})
+    p.allocate("s", P, burstable("s"))
+    p.allocate("x", P, exclusive("x", 5))  # 8 non-isolated CPUs: 3 stay shared
+    assert len(p.shared_pool) == 3 and p.exclusive_cpus()["x"].isdisjoint(t.isolated)
+    # 3 more would empty the pool if taken from the non-isolated CPUs: the isolated
+    # ones fill in and the pool keeps its CPUs
+    d = p.allocate("y", P, exclusive("y", 3))
+    assert d.placement is not None and d.placement.cpus & t.isolated
+    assert p.shared_pool
+    check(p)
+    with pytest.raises(AllocationError, match="no CPU for the shared pool"):
+        spare = t.isolated - p.pools()["exclusive"]
+        p.allocate("z", P, exclusive("z", len(p.shared_pool) + len(spare)))
+    check(p)
