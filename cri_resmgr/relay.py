@@ -58,9 +58,9 @@ GRPC_OPTIONS = (
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
     # A local socket: retry connecting within a second of the runtime coming back,
-    # not after grpc's default backoff (which grows to two minutes).
+    # not after grpc's default backoff (which grows to two minutes). Not
+    # grpc.min_reconnect_backoff_ms: grpc-core uses it as the connect timeout too.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 )
 
