@@ -16,15 +16,20 @@ details therefore pass unchanged, and any method, known or not, is forwarded.
 Hooks. A call whose method has a hook is answered by the relay: its request header
 block still goes to the runtime (to keep the runtime's decoder in step) followed at
 once by RST_STREAM, and the hook runs in a worker thread with a `Forward` callable that
-makes the real call over a grpcio channel. The hook may decode and replace the request,
-sees the reply, and returns reply bytes (or raises). HTTP/2 flow control stays exact:
-request bytes the relay absorbs are granted back to the client, and reply bytes it
-writes are deducted from the client's next window updates before they reach the
-runtime (`_Conn._client_conn_window`), with server data held back while the real
-window is short.
+makes the real call over a grpcio channel. Hooks run one at a time. The hook may decode
+and replace the request, sees the reply, and returns reply bytes (or raises). HTTP/2
+flow control stays exact: request bytes the relay absorbs are granted back to the
+client, and reply bytes it writes are deducted from the client's next window updates
+before they reach the runtime (`_Conn._client_conn_window`), with server data held back
+(and split to the window) while the real window is short. Frames the runtime still
+sends for such a stream are dropped.
 
-Observers see finished calls (method, timing, status, and message bytes when they ask)
-after the reply is on its way; they must only enqueue.
+A separate image socket: every client connection still goes to the runtime socket (a
+gRPC client sends no call before the server's SETTINGS, so the first call cannot pick
+the socket); ImageService calls are answered like hooked ones, via grpcio.
+
+Observers see finished calls (method, timing, status, and message bytes when they ask:
+up to MAX_RECORDED per direction) as the reply goes out; they must only enqueue.
 
 Sizes are bytes; times are `time.monotonic()` seconds unless named `wall`.
 """
