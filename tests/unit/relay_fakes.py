@@ -253,14 +253,6 @@ class RelayThread:
         self.loop.close()
 
 
-def unary(channel: grpc.Channel, method: str) -> grpc.UnaryUnaryMultiCallable:
-    return channel.unary_unary(method)
-
-
-def stream(channel: grpc.Channel, method: str) -> grpc.UnaryStreamMultiCallable:
-    return channel.unary_stream(method)
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, step: float = 0.005) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -337,7 +329,15 @@ class Wire:
 
     # -- building frames
 
-    def request(self, sid: int, method: str, end_stream: bool = False, **kw: Any) -> bytes:
+    def request(
+        self,
+        sid: int,
+        method: str,
+        end_stream: bool = False,
+        extra: Sequence[Tuple[str, Any]] = (),
+        max_frame: int = http2.DEFAULT_MAX_FRAME,
+    ) -> bytes:
+        """A client's request HEADERS (and CONTINUATIONs past `max_frame`)."""
         headers = [
             (":method", "POST"),
             (":scheme", "http"),
@@ -345,12 +345,14 @@ class Wire:
             (":authority", "localhost"),
             ("content-type", "application/grpc"),
             ("te", "trailers"),
-        ] + list(kw.get("extra", ()))
+            *extra,
+        ]
         block = self.client_encoder.encode(headers)
         flags = http2.FLAG_END_STREAM if end_stream else 0
-        return http2.split_frames(http2.HEADERS, flags, sid, block, kw.get("max_frame", 16384))
+        return http2.split_frames(http2.HEADERS, flags, sid, block, max_frame)
 
     def response(self, sid: int, headers: Sequence[Tuple[str, str]], end_stream: bool) -> bytes:
+        """The runtime's HEADERS (response headers or trailers) for `sid`."""
         block = self.server_encoder.encode(list(headers))
         flags = http2.FLAG_END_STREAM if end_stream else 0
         return http2.split_frames(http2.HEADERS, flags, sid, block, 16384)
