@@ -365,6 +365,8 @@ class ReservedCPUs(ValueType):
             raise BadValue("a value is required")
         if text.startswith("cpuset:"):
             return self._cpus(text[len("cpuset:") :], text)
+        if text == "0":  # zero CPUs is no reservation: a lone 0 can only mean CPU 0
+            return self._cpus(text, text)
         amount = re.fullmatch(r"([0-9]{1,9})(?:\.([0-9]{1,3}))?|([0-9]{1,12})m", text)
         if amount:
             if amount.group(3) is not None:
@@ -393,8 +395,8 @@ class ReservedCPUs(ValueType):
 
     def describe_allowed(self) -> str:
         return (
-            "a CPU list such as 0,1 or 0-1 (cpuset:N for the single CPU N), or an amount "
-            "of CPUs such as 2, 1.5 or 1500m (milli-CPUs), more than 0"
+            "a CPU list such as 0,1 or 0-1 (a lone 0 is CPU 0; cpuset:N for another single "
+            "CPU N), or an amount of CPUs such as 2, 1.5 or 1500m (milli-CPUs), more than 0"
         )
 
 

@@ -183,10 +183,15 @@ class Service:
         )
         cls = policy.get(name)
         self.policy = cls(self.topology, reserved, self.config.policy_options(name))
-        store = state.StateStore(self.config.get("relay", "state-dir"))
+        store = state.State.load(
+            self.config.get("relay", "state-dir"),
+            name,
+            disable_policy_switch=self.config.get("policy", "disable-policy-switch"),
+        )
         client = CriClient(self.config.get("runtime", "runtime-socket"))
         self.hooks = hooks.Hooks(self.policy, store, client, self.config)
-        self.hooks.resync()
+        report = self.hooks.resync()
+        log.info("resync: %s", report)
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dump  # noqa: PLC0415

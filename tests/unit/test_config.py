@@ -583,6 +583,7 @@ def test_cross_check_skipped_for_bad_values(tmp_path: Path) -> None:
         ("0-1", 2000, "0-1", "0-1"),
         ("0-3, 8", 5000, "0-3,8", "0-3,8"),
         ("cpuset:2", 1000, "2", "cpuset:2"),
+        ("0", 1000, "0", "cpuset:0"),  # zero CPUs would be no reservation: CPU 0
         ("2", 2000, None, "2"),
         ("1500m", 1500, None, "1500m"),
         ("1.5", 1500, None, "1500m"),
@@ -606,8 +607,8 @@ def test_reserved_cpus(
     "text, message",
     [
         ("", "a value is required"),
-        ("0", "reserves no CPU"),
         ("0m", "reserves no CPU"),
+        ("0.0", "reserves no CPU"),
         ("two", "neither a CPU list nor an amount of CPUs"),
         ("1.5m", "neither a CPU list nor an amount of CPUs"),
         ("1.2345", "neither a CPU list nor an amount of CPUs"),
