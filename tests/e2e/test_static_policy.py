@@ -1,6 +1,6 @@
 """End-to-end: the static policy through a real `cri-resmgr` process and a real containerd.
 
-On this 2-CPU machine with ``-policy=static -reserved-cpus=cpuset:0``: a Guaranteed
+On this 2-CPU machine with ``-policy static -reserved-cpus 0`` (as the issue writes it): a Guaranteed
 1-CPU container gets CPU 1 for itself, a Burstable container of the same run is moved
 to CPU 0 and back to 0-1 once the first is removed. Between the steps the relay is
 killed with SIGKILL and restarted; every allocation survives (no CPU is given twice).
@@ -80,7 +80,7 @@ def two_cpus() -> None:
 def test_static_policy_survives_sigkill(
     two_cpus: None, runtime: Any, relay_factory: Callable[..., Any]
 ) -> None:
-    relay = relay_factory("-policy=static", "-reserved-cpus=cpuset:0")
+    relay = relay_factory("-policy", "static", "-reserved-cpus", "0")
     ch = grpc.insecure_channel(relay.address)
     logs = str(runtime.pod_log_root)
 
