@@ -190,8 +190,7 @@ class Service:
         )
         client = CriClient(self.config.get("runtime", "runtime-socket"))
         self.hooks = hooks.Hooks(self.policy, store, client, self.config)
-        report = self.hooks.resync()
-        log.info("resync: %s", report)
+        self.hooks.resync()  # logs what it did
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dump  # noqa: PLC0415

@@ -57,7 +57,7 @@ def main() -> int:
     dump_file = work / "cri.dump"
     flags = [
         f"-policy={policy}",
-        "-reserved-cpus=cpuset:0",
+        "-reserved-cpus=0",
         "-dump='reset,full:.*'",
         f"-dump-file={dump_file}",
     ]
@@ -86,8 +86,8 @@ def main() -> int:
                     co.remove_pod(ch, shared[0])
                 say("what the relay logged")
                 print(textwrap.indent(relay.log_tail(20), "   "))
-            say(f"the CRI dump ({dump_file}), first CreateContainer request and reply")
-            print(textwrap.indent(_first_create(dump_file), "   "))
+            say(f"the CRI dump ({dump_file}): one header line per record, YAML under each")
+            print(textwrap.indent(_headers(dump_file), "   "))
         say("done: containerd and the relay are stopped, nothing is left running")
         return 0
     finally:
@@ -97,18 +97,12 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _first_create(path: Path) -> str:
+def _headers(path: Path, limit: int = 24) -> str:
+    """The record header lines of the dump (records are a header + indented YAML)."""
     text = path.read_text(errors="replace") if path.exists() else ""
-    lines = text.splitlines()
-    out, taking = [], 0
-    for line in lines:
-        if "CreateContainer" in line and not line.startswith(" "):
-            taking += 1
-        if taking and taking <= 2:
-            out.append(line)
-        if taking > 2:
-            break
-    return "\n".join(out[:80]) or "(no CreateContainer in the dump)"
+    headers = [line for line in text.splitlines() if line and not line[0].isspace()]
+    more = f"\n... {len(headers) - limit} more records" if len(headers) > limit else ""
+    return "\n".join(headers[:limit]) + more or "(empty dump)"
 
 
 if __name__ == "__main__":
