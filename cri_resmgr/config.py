@@ -726,7 +726,10 @@ KEYS: Tuple[Key, ...] = (
         "strict-reservation",
         Bool(),
         "false",
-        "Run containers of the reserved pool only on the reserved CPUs, never on shared ones.",
+        "Keep the reserved CPUs out of the shared pool too (kubelet's strict CPU "
+        "reservation): only what runs outside containers, and containers placed on the "
+        "reserved CPUs, uses them.",
+        live=True,
     ),
     Key(
         "policy.static",
@@ -735,6 +738,7 @@ KEYS: Tuple[Key, ...] = (
         "false",
         "Give exclusive CPUs only as whole physical cores (all hyperthreads); a request "
         "that is not a multiple of the threads per core fails.",
+        live=True,
     ),
     # [policy.topology-aware]
     Key("policy.topology-aware", "on-error", _ON_ERROR, "fail", _ON_ERROR_HELP, live=True),

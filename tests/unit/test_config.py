@@ -94,6 +94,8 @@ def test_live_keys() -> None:
     assert live == {
         ("relay", "grace-period"),
         ("policy.static", "on-error"),
+        ("policy.static", "strict-reservation"),
+        ("policy.static", "full-pcpus-only"),
         ("policy.topology-aware", "on-error"),
         ("policy.balloons", "on-error"),
         ("dump", "rules"),
