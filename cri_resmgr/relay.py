@@ -16,7 +16,8 @@ details therefore pass unchanged, and any method, known or not, is forwarded.
 Hooks. A call whose method has a hook is answered by the relay: its request header
 block still goes to the runtime (to keep the runtime's decoder in step) followed at
 once by RST_STREAM, and the hook runs in a worker thread with a `Forward` callable that
-makes the real call over a grpcio channel. Hooks run one at a time. The hook may decode
+makes the real call over a grpcio channel. Hooks run concurrently in a worker pool
+(they serialize their own policy decisions; see hooks.py). The hook may decode
 and replace the request, sees the reply, and returns reply bytes (or raises). HTTP/2
 flow control stays exact: request bytes the relay absorbs are granted back to the
 client, and reply bytes it writes are deducted from the client's next window updates
@@ -948,8 +949,9 @@ class Relay:
 
     `hooks` maps full method paths to `Hook`s; `observers` see finished calls. Both
     can be replaced while running (`set_hooks`, `set_observers`); calls in flight keep
-    what they started with. Hooks run in `hook_workers` threads, one hook at a time
-    (calls the relay answers without a hook do not wait for that lock).
+    what they started with. Hooks run in `hook_workers` threads at the same time (a
+    pod's containers are created in parallel; the hooks lock what must be serialized);
+    calls the relay answers without a hook have a pool of their own.
     """
 
     def __init__(
@@ -977,7 +979,6 @@ class Relay:
         self._channels: Dict[str, grpc.Channel] = {}
         self._callables: Dict[Tuple[str, str, bool], Any] = {}
         self._channel_lock = threading.Lock()
-        self._hook_lock = threading.Lock()  # one hook at a time
         self._conns: set[_Conn] = set()
         self._server: Optional[asyncio.base_events.Server] = None
         self._socket_path: Optional[str] = None
@@ -1090,10 +1091,9 @@ class Relay:
                 return self._forward_unary(call, req, state)
 
             if call.hook is not None:
-                with self._hook_lock:  # policy decisions are serialized
-                    if call.info.cancelled.is_set():
-                        raise ForwardError(grpc.StatusCode.CANCELLED, "cancelled by the client")
-                    reply = call.hook(request, forward, call.info)
+                if call.info.cancelled.is_set():
+                    raise ForwardError(grpc.StatusCode.CANCELLED, "cancelled by the client")
+                reply = call.hook(request, forward, call.info)
                 if not isinstance(reply, bytes):
                     if not isinstance(reply, (bytearray, memoryview)):
                         raise TypeError(f"hook returned {type(reply).__name__}, not bytes")

@@ -469,7 +469,9 @@ def test_hooked_call_deadline_applies_to_forward(env: Env) -> None:
     assert fake.cancelled.wait(3.0)
 
 
-def test_hooks_run_one_at_a_time(env: Env) -> None:
+def test_hooks_run_concurrently(env: Env) -> None:
+    """Hooks are not serialized by the relay: a slow CreateContainer in one pod must not
+    hold up the others (hooks.py locks only its policy decisions)."""
     env.runtime()
     active = [0]
     most = [0]
@@ -479,7 +481,7 @@ def test_hooks_run_one_at_a_time(env: Env) -> None:
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.01)
+        time.sleep(0.05)
         with lock:
             active[0] -= 1
         return request
@@ -488,7 +490,7 @@ def test_hooks_run_one_at_a_time(env: Env) -> None:
     ch = env.channel()
     futs = [ch.unary_unary(HOOKED).future(b"%d" % i, timeout=10) for i in range(20)]
     assert [f.result() for f in futs] == [b"%d" % i for i in range(20)]
-    assert most[0] == 1
+    assert most[0] > 1
 
 
 def test_set_hooks_while_running(started: Env) -> None:
