@@ -202,6 +202,7 @@ class CallStats(relay.Observer):
         self._methods: Dict[str, _Method] = {}
         self._by_name: Dict[str, _Method] = {}
         self._clock = clock
+        self._started = clock()  # monotonic: the window is younger than its span at first
         self.since = time.time()  # wall time counting started
         self.split = _HAS_RUNTIME
 
@@ -263,6 +264,7 @@ class CallStats(relay.Observer):
         oldest = current - WINDOW_SLOTS + 1
         # the window spans the full slots before the current one plus the current part
         span = (WINDOW_SLOTS - 1) * WINDOW_SLOT + (now - current * WINDOW_SLOT)
+        span = min(span, now - self._started)
         out = []
         for m in list(self._by_name.values()):
             codes = dict(m.codes)

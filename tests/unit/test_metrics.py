@@ -126,6 +126,11 @@ def test_rate_over_the_window() -> None:
     clock.now = 300.0
     w = _method(stats.snapshot(), "Version")["window"]
     assert w["rate"] == pytest.approx(1.0, rel=0.05)
+    young = CallStats(clock=clock)  # counting for 10 s: the rate is over 10 s, not 5 min
+    for i in range(20):
+        young.observe(rec(RS + "Version", 300.0 + i / 2, 0.001))
+    clock.now = 310.0
+    assert _method(young.snapshot(), "Version")["window"]["rate"] == pytest.approx(2.0)
 
 
 def test_runtime_split(monkeypatch: pytest.MonkeyPatch) -> None:
