@@ -8,7 +8,7 @@ pkgs_for() {
     case "$1" in
         venv)   echo "python3-venv python3-dev gcc" ;;
         e2e)    echo "containerd runc busybox-static containernetworking-plugins iptables gcc libc6-dev" ;;
-        deb)    echo "debhelper dh-virtualenv devscripts build-essential python3-venv python3-dev lintian dpkg-dev" ;;
+        deb)    echo "debhelper dh-virtualenv devscripts build-essential python3-venv python3-dev python3-setuptools python3-wheel po-debconf lintian dpkg-dev" ;;
         rpm)    echo "rpm" ;;
         nspawn) echo "systemd-container debootstrap" ;;
         *) echo "ensure-deps: unknown group '$1' (allowed: venv e2e deb rpm nspawn)" >&2; exit 2 ;;
