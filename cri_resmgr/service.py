@@ -112,6 +112,11 @@ class Service:
         self.lock = InstanceLock(config.get("relay", "socket"))
         self._cancel_wait = threading.Event()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        # status endpoint and metrics: see _start_endpoints
+        self.call_stats: Any = None
+        self.metrics: Any = None
+        self.control: Any = None
+        self.metrics_server: Any = None
 
     # -- start-up
 
@@ -136,19 +141,21 @@ class Service:
             await self._shutdown()
             return 0
         finally:
+            await self._stop_endpoints()
             self.lock.release()
 
     async def _start(self) -> bool:
         """Everything before the socket opens. False if a stop came first."""
         loop = asyncio.get_running_loop()
         runtime = self.config.get("runtime", "runtime-socket")
+        await self._start_endpoints()  # status answers "starting" while we wait
         try:
             await loop.run_in_executor(None, self._wait_runtime, runtime)
         except _Cancelled:
             return False
         await loop.run_in_executor(None, self._build_policy)
         self.dump = self._build_dump()
-        observers = [o for o in (self.dump,) if o is not None]
+        observers = [o for o in (self.dump, self.call_stats) if o is not None]
         hooks = self.hooks.table() if self.hooks is not None else {}
         self.relay = relay.Relay(
             runtime,
@@ -263,7 +270,9 @@ class Service:
                 self.dump.set_rules(new.dump_rules)
                 self.dump.set_path(new.get("dump", "file") or None)  # reopens
                 if self.relay is not None:
-                    self.relay.set_observers([self.dump])
+                    self.relay.set_observers(
+                        [o for o in (self.dump, self.call_stats) if o is not None]
+                    )
             else:
                 self.dump.reopen()  # every SIGHUP: logrotate moved the file away
         policy_section = f"policy.{new.policy_name}"
@@ -271,6 +280,42 @@ class Service:
             options = new.policy_options(new.policy_name)
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self.hooks.reconfigure, options)
+
+    # -- status endpoint and metrics (cri_resmgr.control, .status, .metrics; docs/status.md)
+
+    async def _start_endpoints(self) -> None:
+        """The control socket (always) and the metrics endpoint (``[metrics] listen``).
+
+        Neither is worth failing the relay for: a problem is logged and the service runs
+        without that endpoint. `call_stats` (a relay observer) and `metrics` (what hooks
+        and the service feed: decision, state_write, resync) exist either way.
+        """
+        from cri_resmgr import control, metrics, status  # noqa: PLC0415
+
+        self.call_stats = metrics.CallStats()
+        self.metrics = metrics.Metrics(self.call_stats, service=self)
+        server = control.ControlServer(
+            self.config.get("relay", "control-socket"), status.Source(self).handlers()
+        )
+        try:
+            await server.start()
+            self.control = server
+        except (Error, OSError) as exc:
+            log.error("no status endpoint (cri-resmgr status will not work): %s", exc)
+        listen = self.config.get("metrics", "listen")
+        if listen:
+            exporter = metrics.MetricsServer(listen, self.metrics)
+            try:
+                await exporter.start()
+                self.metrics_server = exporter
+            except (Error, OSError, ValueError) as exc:
+                log.error("no metrics endpoint on %s: %s", listen, exc)
+
+    async def _stop_endpoints(self) -> None:
+        for server in (self.metrics_server, self.control):
+            if server is not None:
+                await server.stop()
+        self.metrics_server = self.control = None
 
     # -- shutdown
 
