@@ -333,14 +333,13 @@ class CallStats(relay.Observer):
 # --- Prometheus ------------------------------------------------------------------------
 
 
-def _cumulative(counts: Sequence[int], bounds: Sequence[float]) -> List[Tuple[str, float]]:
-    from prometheus_client.utils import floatToGoString  # noqa: PLC0415
-
+def _cumulative(counts: Sequence[int], bounds: Sequence[str]) -> List[Tuple[str, float]]:
+    """Prometheus buckets from non-cumulative counts; `bounds` as exposition text."""
     out = []
     acc = 0
     for bound, n in zip(bounds, counts):
         acc += n
-        out.append((floatToGoString(bound), float(acc)))
+        out.append((bound, float(acc)))
     acc += counts[len(bounds)]
     out.append(("+Inf", float(acc)))
     return out
@@ -481,13 +480,16 @@ class _Collector:
             "Time the relay added to a call: call duration minus time in the runtime.",
             labels=["method"],
         )
+        from prometheus_client.utils import floatToGoString  # noqa: PLC0415
+
+        bounds = [floatToGoString(b) for b in LATENCY_BUCKETS]
         for name, codes, hist, hsum, rt, rt_sum, ov, ov_sum in self.metrics.stats.histograms():
             for code, n in sorted(codes.items()):
                 calls.add_metric([name, code_name(code)], n)
-            total.add_metric([name], _cumulative(hist, LATENCY_BUCKETS), hsum)
+            total.add_metric([name], _cumulative(hist, bounds), hsum)
             if any(rt):
-                runtime.add_metric([name], _cumulative(rt, LATENCY_BUCKETS), rt_sum)
-                overhead.add_metric([name], _cumulative(ov, LATENCY_BUCKETS), ov_sum)
+                runtime.add_metric([name], _cumulative(rt, bounds), rt_sum)
+                overhead.add_metric([name], _cumulative(ov, bounds), ov_sum)
         yield calls
         yield total
         yield runtime
