@@ -136,12 +136,12 @@ rpm: sdist $(WHEELHOUSE)/.stamp
 	scripts/ensure-deps.sh rpm
 	rm -rf build/rpm && mkdir -p build/rpm/SOURCES
 	cp $(SDIST) build/rpm/SOURCES/
-	$(PKG_PIP_ENV) SOURCE_DATE_EPOCH=$(PKG_EPOCH) rpmbuild -bb --nodeps \
+	$(PKG_PIP_ENV) SOURCE_DATE_EPOCH=$(PKG_EPOCH) rpmbuild --nodeps \
 	    --define "_topdir $(abspath build/rpm)" \
 	    --define "upstream_version $(PKG_VERSION)" \
 	    --define "venv_python $(PKG_PYTHON)" \
 	    --define "wheelhouse $(abspath $(WHEELHOUSE))" \
-	    rpm/$(PKG).spec > build/rpm/build.log 2>&1 || \
+	    -tb build/rpm/SOURCES/$(notdir $(SDIST)) > build/rpm/build.log 2>&1 || \
 	    { tail -40 build/rpm/build.log; echo "make rpm: failed, log: build/rpm/build.log" >&2; exit 1; }
 	rm -f dist/$(PKG)-*.rpm
 	mv build/rpm/RPMS/*/$(PKG)-*.rpm dist/
