@@ -1019,9 +1019,16 @@ class Config:
         return self.get("policy", "name")
 
     def policy_options(self, policy_name: str) -> Mapping[str, Any]:
-        """The options of ``[policy.<name>]`` (aliases accepted); empty for none."""
+        """The options of ``[policy.<name>]`` (aliases accepted); empty for none.
+
+        For balloons also ``"types"``: `balloon_types` as a tuple, in matching order,
+        so that the policy gets everything it is configured with in one mapping.
+        """
         name = _POLICY_NAMES.aliases.get(policy_name, policy_name)
-        return self.section_values("policy." + name)
+        values = self.section_values("policy." + name)
+        if name == "balloons":
+            return MappingProxyType({**values, "types": tuple(self.balloon_types())})
+        return values
 
     def balloon_types(self) -> List[Tuple[str, Mapping[str, Any]]]:
         """``(name, options)`` of each ``[policy.balloons.type.NAME]``, in file order."""

@@ -742,7 +742,7 @@ def test_balloon_types(tmp_path: Path) -> None:
     }
     assert types[1][1]["share-idle-cpus-in-same"] == "numa"
     assert config.source("policy.balloons.type.web", "min-cpus") == f"{tmp_path}/20.conf:4"
-    assert config.policy_options("balloons") == {"on-error": "fail"}
+    assert config.policy_options("balloons") == {"on-error": "fail", "types": tuple(types)}
     with pytest.raises(KeyError):
         config.get("policy.balloons.type.nope", "min-cpus")
 
