@@ -38,7 +38,7 @@ POLICIES: Mapping[str, str] = MappingProxyType(
     {
         "none": "cri_resmgr.policy.none:NonePolicy",
         "static": "cri_resmgr.policy.static:StaticPolicy",
-        # "topology-aware": "cri_resmgr.policy.topology_aware:TopologyAwarePolicy",
+        "topology-aware": "cri_resmgr.policy.topology_aware:TopologyAwarePolicy",
         "balloons": "cri_resmgr.policy.balloons:BalloonsPolicy",
     }
 )
