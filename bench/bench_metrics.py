@@ -1,25 +1,28 @@
 """Metrics benchmark: what call statistics and the Prometheus endpoint cost the relay.
 
-Two parts, numbers for people (nothing is asserted; docs/status.md records them):
+Three parts, numbers for people (nothing is asserted; docs/status.md records them):
 
 1. In-process costs (no root needed): one `metrics.CallStats.observe` (what every call
    through the relay pays: the service always keeps these statistics for
    ``cri-resmgr status``), the same with prometheus-client objects instead (the design
    not taken), and one scrape (`Metrics.render`) with every CRI method seen.
-2. End to end against a throwaway containerd (root): p50/p99 latency at concurrency 1
-   and calls/s at concurrency 8 for Version, ListContainers and ListImages, interleaved
-   round by round, through
+2. Paired A/B against a throwaway containerd (root), the criterion: in one process,
+   the feature switched off and on in alternating blocks (ABBA order), p50/p99 latency
+   at concurrency 1 for Version, ListContainers and ListImages:
 
-   * ``relay``: a bare `relay.Relay` with no observer (a child process),
-   * ``relay+stats``: the same with a `CallStats` observer,
-   * ``service``: the real service, policy none, metrics off (CallStats on),
-   * ``service+metrics``: the real service with ``[metrics] listen`` on a unix socket,
-     scraped every second during the measurement (Prometheus scrapes every 15-60 s).
+   * the call statistics: a bare `relay.Relay` (child process) whose `CallStats`
+     observer is added and removed (SIGUSR1/SIGUSR2);
+   * the metrics endpoint: the real service with ``[metrics] listen`` on a unix
+     socket, scraped every second or not at all (Prometheus scrapes every 15-60 s).
 
-   The ratios that matter: ``relay+stats / relay`` (the observer) and
-   ``service+metrics / service`` (enabling metrics); the target is <= 1.05 at p50.
+   Same process, same moment: what is left is the feature. Target: p50 ratio <= 1.05.
+3. Separate processes, as bench_relay does (direct, ``relay``, ``relay+stats``,
+   ``service`` with metrics off, ``service+metrics`` scraped every second), interleaved
+   round by round, p50/p99 and calls/s at concurrency 8. On a busy machine two
+   processes differ by more than the features do; part 2 is the measurement.
 
-Run: ``python -m bench.bench_metrics [--rounds N] [--calls N] [--quick] [--micro-only]``.
+Run: ``python -m bench.bench_metrics [--pairs N] [--block S] [--rounds N] [--quick]
+[--micro-only]``.
 `main(argv)` is what ``make bench`` calls.
 """
 
@@ -40,12 +43,14 @@ import timeit
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from bench.bench_relay import METHODS as BENCH_METHODS
 from bench.bench_relay import measure, populate
 from cri_resmgr import metrics, relay
 from cri_resmgr.cri.methods import METHODS
+from harness import cri_objects as co
 from harness.containerd import Containerd
 from harness.relay import RelayProcess
 
@@ -105,15 +110,18 @@ def report_micro(results: Dict[str, float]) -> None:
 
 
 def serve_relay(runtime: str, path: str, stats: bool) -> int:
-    """Child process: a bare Relay (with a CallStats observer if `stats`) until SIGTERM."""
+    """Child process: a bare Relay until SIGTERM; SIGUSR1 adds a CallStats observer,
+    SIGUSR2 removes it (`stats`: start with it)."""
 
     async def run() -> None:
-        observers = [metrics.CallStats()] if stats else []
-        r = relay.Relay(runtime, observers=observers)
+        observer = metrics.CallStats()
+        r = relay.Relay(runtime, observers=[observer] if stats else [])
         await r.start(path)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: r.set_observers([observer]))
+        loop.add_signal_handler(signal.SIGUSR2, lambda: r.set_observers([]))
         await stop.wait()
         await r.stop(1.0)
 
@@ -122,7 +130,7 @@ def serve_relay(runtime: str, path: str, stats: bool) -> int:
 
 
 class BareRelay:
-    """`serve_relay` in a child process."""
+    """`serve_relay` in a child process; `observe(on)` switches the CallStats observer."""
 
     def __init__(self, runtime: str, path: Path, stats: bool) -> None:
         self.socket = str(path)
@@ -140,6 +148,10 @@ class BareRelay:
             time.sleep(0.02)
         return self
 
+    def observe(self, on: bool) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGUSR1 if on else signal.SIGUSR2)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -147,19 +159,23 @@ class BareRelay:
 
 
 class Scraper(threading.Thread):
-    """GET /metrics on a unix socket every `interval` seconds until stopped."""
+    """GET /metrics on a unix socket every `interval` seconds while `enabled` is set."""
 
     def __init__(self, path: str, interval: float = 1.0) -> None:
         super().__init__(daemon=True)
         self.path = path
         self.interval = interval
         self.stopped = threading.Event()
+        self.enabled = threading.Event()
+        self.enabled.set()
         self.scrapes = 0
         self.bytes = 0
         self.seconds: List[float] = []
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
+            if not self.enabled.is_set():
+                continue
             start = time.perf_counter()
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.settimeout(10)
@@ -173,10 +189,74 @@ class Scraper(threading.Thread):
             self.seconds.append(time.perf_counter() - start)
             self.scrapes += 1
 
+    def switch(self, on: bool) -> None:
+        if on:
+            self.enabled.set()
+        else:
+            self.enabled.clear()
 
-def report_e2e(
-    results: Dict[Tuple[str, str, str], float], pairs: Sequence[Tuple[str, str]]
-) -> None:
+
+Results = Dict[Tuple[str, str, str], float]
+
+
+def _pct(samples: List[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1e6
+
+
+def paired(
+    target: str, method: str, switch: Callable[[bool], None], pairs: int, block: float
+) -> Tuple[List[float], List[float]]:
+    """Latency samples (seconds, concurrency 1) with the feature off and on, measured in
+    alternating blocks of `block` seconds (ABBA order) against one process."""
+    off: List[float] = []
+    on: List[float] = []
+    body = BENCH_METHODS[method]
+    with grpc.insecure_channel("unix:" + target) as ch:
+        fn = ch.unary_unary(co.method_path(method))
+        for _ in range(200):
+            fn(body)
+        for i in range(pairs):
+            for state in (False, True) if i % 2 == 0 else (True, False):
+                switch(state)
+                time.sleep(0.05)
+                out = on if state else off
+                end = time.perf_counter() + block
+                while time.perf_counter() < end:
+                    t = time.perf_counter()
+                    fn(body)
+                    out.append(time.perf_counter() - t)
+    return off, on
+
+
+def ab_tests(bare: BareRelay, service: Any, scraper: Scraper, pairs: int, block: float) -> None:
+    """The criterion: same process, feature off vs on, interleaved."""
+    print(
+        f"paired A/B in one process ({pairs} pairs of {block:g} s blocks, concurrency 1; "
+        "metrics scraped every 1 s when on)"
+    )
+    print(
+        f"{'method':<16}{'what':<30}{'p50 off':>9}{'p50 on':>9}{'ratio':>8}{'p99 off':>9}"
+        f"{'p99 on':>9}{'ratio':>8}"
+    )
+    for method in BENCH_METHODS:
+        cases = (
+            ("call stats (bare relay)", bare.socket, bare.observe),
+            ("metrics endpoint (service)", service.socket, scraper.switch),
+        )
+        for what, target, switch in cases:
+            off, on = paired(target, method, switch, pairs, block)
+            p50_off, p50_on = _pct(off, 0.5), _pct(on, 0.5)
+            p99_off, p99_on = _pct(off, 0.99), _pct(on, 0.99)
+            print(
+                f"{method:<16}{what:<30}{p50_off:>9.0f}{p50_on:>9.0f}{p50_on / p50_off:>8.3f}"
+                f"{p99_off:>9.0f}{p99_on:>9.0f}{p99_on / p99_off:>8.3f}",
+                flush=True,
+            )
+    scraper.switch(True)
+
+
+def report_e2e(results: Results, pairs: Sequence[Tuple[str, str]]) -> None:
     print(f"{'method':<16}{'path':<17}{'p50 us':>9}{'p99 us':>9}{'calls/s c8':>12}")
     names = list(dict.fromkeys(k[1] for k in results))  # in the order measured
     for method in BENCH_METHODS:
@@ -195,10 +275,10 @@ def report_e2e(
             print(f"{method:<16}{new + ' / ' + base:<34}{r50:>8.3f}{r99:>8.3f}{rq:>9.3f}")
 
 
-def end_to_end(rounds: int, calls: int, seconds: float, containers: int) -> None:
+def end_to_end(args: argparse.Namespace) -> None:
     with Containerd() as ctrd, tempfile.TemporaryDirectory(prefix="crr-m-", dir="/tmp") as d:
-        print(f"populating containerd with {containers} containers ...", flush=True)
-        populate(ctrd, containers)
+        print(f"populating containerd with {args.containers} containers ...", flush=True)
+        populate(ctrd, args.containers)
         metrics_socket = f"{d}/metrics.sock"
         service_metrics = RelayProcess(ctrd.socket, Path(d) / "svcm", "-dump=reset,off:.*")
         (service_metrics.config_dir / "50-metrics.conf").write_text(
@@ -214,13 +294,16 @@ def end_to_end(rounds: int, calls: int, seconds: float, containers: int) -> None
         scraper = Scraper(metrics_socket)
         scraper.start()
         try:
+            ab_tests(started["relay"], started["service+metrics"], scraper, args.pairs, args.block)
+            print()
             targets = {"direct": ctrd.socket, **{n: v.socket for n, v in started.items()}}
             print(
-                f"measuring: {rounds} rounds x 3 methods x {len(targets)} paths "
-                "(service+metrics scraped every 1 s)",
+                f"separate processes: {args.rounds} rounds x 3 methods x {len(targets)} paths "
+                "(service+metrics scraped every 1 s; differences between processes on a busy "
+                "machine are noise of +-10 % or more)",
                 flush=True,
             )
-            results = measure(targets, rounds, calls, seconds)
+            results = measure(targets, args.rounds, args.calls, args.seconds)
         finally:
             scraper.stopped.set()
             scraper.join(15)
@@ -244,6 +327,8 @@ def main(argv: Sequence[str] = ()) -> int:
     parser.add_argument("--calls", type=int, default=2000, help="latency samples per round")
     parser.add_argument("--seconds", type=float, default=2.0, help="throughput run length")
     parser.add_argument("--containers", type=int, default=100)
+    parser.add_argument("--pairs", type=int, default=6, help="A/B pairs per method and feature")
+    parser.add_argument("--block", type=float, default=2.0, help="seconds per A/B block")
     parser.add_argument("--quick", action="store_true", help="1 round, fewer calls")
     parser.add_argument("--micro-only", action="store_true", help="only the in-process part")
     parser.add_argument("--serve", nargs=2, metavar=("RUNTIME", "SOCKET"), help=argparse.SUPPRESS)
@@ -252,7 +337,7 @@ def main(argv: Sequence[str] = ()) -> int:
     if args.serve:
         return serve_relay(args.serve[0], args.serve[1], args.stats)
     if args.quick:
-        args.rounds, args.calls, args.seconds = 1, 500, 1.0
+        args.rounds, args.calls, args.seconds, args.pairs, args.block = 1, 500, 1.0, 2, 1.0
     report_micro(micro(20_000 if args.quick else 100_000))
     if args.micro_only:
         return 0
@@ -260,7 +345,7 @@ def main(argv: Sequence[str] = ()) -> int:
         print("end-to-end part skipped: it starts containerd and needs root")
         return 0
     print()
-    end_to_end(args.rounds, args.calls, args.seconds, args.containers)
+    end_to_end(args)
     return 0
 
 
