@@ -748,6 +748,7 @@ KEYS: Tuple[Key, ...] = (
         Bool(),
         "true",
         "Set the containers' cpuset.cpus to the CPUs of their pool.",
+        live=True,
     ),
     Key(
         "policy.topology-aware",
@@ -755,6 +756,7 @@ KEYS: Tuple[Key, ...] = (
         Bool(),
         "true",
         "Set the containers' cpuset.mems to the memory nodes of their pool.",
+        live=True,
     ),
     Key(
         "policy.topology-aware",
@@ -762,6 +764,7 @@ KEYS: Tuple[Key, ...] = (
         Bool(),
         "true",
         "Give single-CPU exclusive requests kernel-isolated CPUs (isolcpus) when there are any.",
+        live=True,
     ),
     Key(
         "policy.topology-aware",
@@ -769,20 +772,23 @@ KEYS: Tuple[Key, ...] = (
         Bool(),
         "false",
         "Run Guaranteed containers on shared CPUs instead of exclusive ones.",
+        live=True,
     ),
     Key(
         "policy.topology-aware",
         "reserved-pool-namespaces",
         _NAMESPACE_GLOBS,
         "kube-system",
-        "Pods in these namespaces run on the reserved CPUs.",
+        "Pods in these namespaces (globs) run on the reserved CPUs; kube-system always does.",
+        live=True,
     ),
     Key(
         "policy.topology-aware",
         "colocate-pods",
         Bool(),
         "true",
-        "Prefer placing the containers of a pod in the same topology node.",
+        "Prefer placing the containers of a pod in the same pool (topology node).",
+        live=True,
     ),
     # [policy.balloons]
     Key("policy.balloons", "on-error", _ON_ERROR, "fail", _ON_ERROR_HELP, live=True),
