@@ -14,8 +14,9 @@ Owners, in the order a CPU is claimed (the first claim wins):
    exclusive or isolated): one tag per container, ``A``-``Z``, ``0``-``9``, then two
    letters; two containers claiming one CPU make it a ``!`` conflict;
 2. the reserved CPUs: ``#``;
-3. the policy's pools (``shared``, balloons, ...): lower-case tags, the pool name's
-   first free letter;
+3. the policy's pools (``shared``, balloons, topology-aware pools, ...), smallest
+   first so that nested pools leave a CPU to the most specific one: lower-case tags,
+   the pool name's first free letter;
 4. CPUs shared containers run on that no pool covers (policy none, preserved
    placements): a pool per pool name (or class);
 5. isolated CPUs nobody uses: ``-``; every other CPU is idle: ``.``.
@@ -371,14 +372,17 @@ class _Assigner:
             ]
 
     def pools(self, pools: Mapping[str, CPUSet]) -> None:
-        """The policy's pools, then what shared containers run on besides (by pool name)."""
+        """The policy's pools, smallest first (nested pools, as the topology-aware
+        policy's node < socket < root, leave each CPU to the most specific one), then
+        what shared containers run on besides (by pool name)."""
         extra: Dict[str, CPUSet] = {}
         for w in self.sharing:
             if w.cpus:
                 key = w.pool or w.cpu_class or "shared"
                 extra[key] = extra.get(key, _NO_CPUS) | w.cpus
+        ordered = sorted(pools.items(), key=lambda kv: len(kv[1] & self.online))
         by_pool: Dict[str, Owner] = {}
-        for name, cpus in list(pools.items()) + sorted(extra.items()):
+        for name, cpus in ordered + sorted(extra.items()):
             free = (cpus & self.online) - self.painted()
             if not free:
                 continue
@@ -388,12 +392,13 @@ class _Assigner:
                 owner = by_pool[name] = self.add(Owner(tag, f"pool {name}", POOL), free)
             else:
                 self.paint(owner, free)
-        for name, owner in by_pool.items():
-            owner.members = [
-                w.name
-                for w in self.sharing
-                if w.pool == name or (not w.pool and w.cpus & owner.cpus)
-            ]
+        for w in self.sharing:
+            if w.pool in by_pool:
+                by_pool[w.pool].members.append(w.name)
+            elif w.cpus:  # its pool owns no CPU of its own: count it where it runs
+                for owner in by_pool.values():
+                    if w.cpus & owner.cpus:
+                        owner.members.append(w.name)
 
     def rest(self) -> None:
         left = self.online - self.painted()

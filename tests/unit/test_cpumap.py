@@ -178,6 +178,35 @@ def test_many_containers_get_distinct_tags() -> None:
     assert all(cells[i] == tags[i] for i in range(100))
 
 
+def test_nested_pools_leave_cpus_to_the_most_specific(
+    machines: Dict[str, topology.Topology],
+) -> None:
+    policies = pytest.importorskip("cri_resmgr.policy")
+    topo = machines["2-socket-4-node-40-core"]
+    reserved = CPUSet.of(0)
+    try:
+        policy = policies.create("topology-aware", topo, reserved, {})
+    except KeyError:
+        pytest.skip("no topology-aware policy")
+    pod = base.Pod("p1", "uid", "web", "default", qos=base.GUARANTEED)
+    for name, qos, cpu in (("app", base.GUARANTEED, 2000), ("side", base.BURSTABLE, 500)):
+        container = base.Container("", "p1", name, "web", "default", qos=qos, cpu_request=cpu)
+        policy.allocate(f"default/web:{name}", pod, container)
+    loads = [
+        Workload(key, p.cpu_class, p.cpus, p.exclusive, p.pool)
+        for key, p in policy.placements().items()
+    ]
+    layout = Layout.from_topology(topo)
+    own = assign(layout, loads, policy.pools(), reserved)
+    pools = {o.label: o for o in own.owners if o.kind == cpumap.POOL}
+    assert set(pools) == {f"pool node{n}" for n in topo.cpu_nodes}  # not root, not sockets
+    for node in topo.cpu_nodes:
+        assert pools[f"pool node{node}"].cpus <= topo.node_cpus(node)
+    side = next(w for w in loads if w.name == "default/web:side")
+    assert pools[f"pool {side.pool}"].members == ["default/web:side"]
+    assert set(own.owner_of) == set(topo.online)
+
+
 def test_pool_tags_prefer_the_name() -> None:
     layout = _flat_layout()
     pools = {"shared": CPUSet.of(0), "small": CPUSet.of(1), "batch": CPUSet.of(4)}
@@ -186,6 +215,12 @@ def test_pool_tags_prefer_the_name() -> None:
         "pool shared": "s",
         "pool small": "m",
         "pool batch": "b",
+    }
+    big = assign(layout, [], {"all": CPUSet.range(0, 6), "part": CPUSet.of(5, 6)})
+    assert {cpu: o.label for cpu, o in big.owner_of.items() if cpu in (4, 5, 6)} == {
+        4: "pool all",
+        5: "pool part",
+        6: "pool part",
     }
 
 
