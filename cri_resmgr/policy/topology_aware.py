@@ -596,20 +596,22 @@ class TopologyAwarePolicy(Policy):
             i = p.index
             together = -coloc[i] if coloc is not None else 0.0
             mem_ok = self._memory_fits(p, req)
+            # a pool that has every asked kind of memory beats one that lacks some
+            all_kinds = not req.pin_mems or all(p.mem_nodes[k] for k in req.kinds)
             if req.cls == EXCLUSIVE:
                 n = req.full
                 iso = _count(p.bits & snap.iso_free) if req.isolate else 0
                 iso_ok = iso >= n if req.isolate else False
                 if not iso_ok and snap.excl_cap[i] < n:
                     continue
-                hard: Tuple[Any, ...] = (not mem_ok,)
+                hard: Tuple[Any, ...] = (not mem_ok, not all_kinds)
                 idle = iso if iso_ok else snap.shared_cap[i]
                 soft: Tuple[Any, ...] = (-p.depth, not iso_ok, together, -idle, i)
             else:
                 if not snap.shared[i]:
                     continue
                 cpu_ok = snap.shared_cap[i] >= max(req.milli, 1)
-                hard = (not cpu_ok, not mem_ok)
+                hard = (not cpu_ok, not mem_ok, not all_kinds)
                 soft = (-p.depth, together, len(self._members[i]), -snap.shared_cap[i], i)
                 iso_ok = False
             ranked.append((hard, soft, p, iso_ok))
