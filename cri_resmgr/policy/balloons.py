@@ -1001,6 +1001,7 @@ class BalloonsPolicy(Policy):
         reserved_balloon = self._builtin(RESERVED_TYPE)
         default_balloon = self._builtin(DEFAULT_TYPE)
         self.balloons = [reserved_balloon]
+        reserved_balloon.placement = None  # _refresh gives the adopted containers theirs
         self._free = self.usable
         if default_balloon.btype.on_reserved:
             self.balloons.append(default_balloon)
@@ -1014,6 +1015,10 @@ class BalloonsPolicy(Policy):
             return out
 
         persisted_cpus = {pool: cpus_of(pool) for pool in groups}
+        reach = {
+            pool: self._reach(members[0][3], persisted_cpus[pool])
+            for pool, members in groups.items()
+        }
         # built-in balloons first, then those with CPUs of their own only, then those
         # that shared idle CPUs (whose persisted CPUs are ambiguous)
         order = sorted(
@@ -1029,7 +1034,7 @@ class BalloonsPolicy(Policy):
             bt = members[0][3]
             if not bt.builtin and not any(b.btype.name == DEFAULT_TYPE for b in self.balloons):
                 self._new_default(default_balloon.btype)
-            problem = self._adopt(pool, bt, members, persisted_cpus)
+            problem = self._adopt(pool, bt, members, persisted_cpus, reach)
             if problem:
                 redo.extend((key, pod, container, problem) for key, pod, container, _ in members)
         if not any(b.btype.name == DEFAULT_TYPE for b in self.balloons):
@@ -1110,6 +1115,7 @@ class BalloonsPolicy(Policy):
         bt: BalloonType,
         members: Sequence[Tuple[str, Pod, Container, BalloonType]],
         persisted_cpus: Mapping[str, CPUSet],
+        reach: Mapping[str, int],
     ) -> str:
         """Rebuild balloon ``pool`` with its containers; why not ("" when done)."""
         requested = sum(max(0, c.cpu_request) for _, _, c, _ in members)
@@ -1124,14 +1130,21 @@ class BalloonsPolicy(Policy):
                 instance = int(match.group(2))
                 if bt.max_balloons and len(self._of_type(bt)) >= bt.max_balloons:
                     return f"type {bt.name} has max-balloons {bt.max_balloons} already"
+            # own CPUs are in no other balloon's placement (idle ones may be); a CPU that
+            # another sharing balloon would have been given if it were idle is own
             others = CPUSet()
+            seen = 0
             for other, cpus in persisted_cpus.items():
                 if other != pool:
                     others = others | cpus
+                    seen |= reach[other]
             candidate = (persisted_cpus[pool] - others) & self._free
+            own = CPUSet.from_bits(candidate.bits & seen)
             balloon = _Balloon(bt, instance, _NO_CPUS)
             try:
-                self._adopt_cpus(balloon, candidate, requested)
+                self._adopt_cpus(
+                    balloon, candidate, requested, True, persisted=persisted_cpus[pool], own=own
+                )
             except AllocationError as exc:
                 return f"its balloon {pool} cannot be rebuilt ({exc})"
             if bt.builtin:
@@ -1148,7 +1161,7 @@ class BalloonsPolicy(Policy):
         """The default balloon with CPUs of its own, as at start (restore)."""
         balloon = _Balloon(btype, 0, _NO_CPUS)
         try:
-            self._adopt_cpus(balloon, _NO_CPUS, 0)
+            self._adopt_cpus(balloon, _NO_CPUS, 0, False)
         except AllocationError as exc:  # validation made sure min-cpus fit an empty machine
             log.warning("restore: the default balloon gets no CPUs: %s", exc)
         self.balloons.insert(1, balloon)
@@ -1173,11 +1186,27 @@ class BalloonsPolicy(Policy):
         self._placements[key] = balloon.placement
         return balloon.name
 
-    def _adopt_cpus(self, balloon: _Balloon, candidate: CPUSet, requested: int) -> None:
-        """Give a rebuilt balloon ``candidate`` CPUs (free ones), sized to ``requested``."""
-        need, wanted = self._size(balloon.btype, requested, requested > 0 or bool(candidate))
+    def _adopt_cpus(
+        self,
+        balloon: _Balloon,
+        candidate: CPUSet,
+        requested: int,
+        occupied: bool,
+        *,
+        persisted: CPUSet = _NO_CPUS,
+        own: CPUSet = _NO_CPUS,
+    ) -> None:
+        """Give a rebuilt balloon CPUs of ``candidate`` (free ones), sized to ``requested``
+        (``occupied``: it holds containers), growing it from the free CPUs if need be.
+
+        When ``candidate`` is larger: first the CPUs known to be its own (``own``),
+        then, for a balloon that shares idle CPUs, one CPU in every group (at its
+        level) that its ``persisted`` placement spans, so that it shares the same idle
+        CPUs as before; the rest is packed (`CPUAllocator.take` near those).
+        """
+        need, wanted = self._size(balloon.btype, requested, occupied)
         if len(candidate) > wanted:
-            candidate = self.allocator.keep(candidate, wanted)
+            candidate = self._pick_own(balloon.btype, candidate, persisted, own, wanted)
         self._free = self._free - candidate
         balloon.cpus = candidate
         if len(candidate) < need:
@@ -1191,6 +1220,41 @@ class BalloonsPolicy(Policy):
             more = self.allocator.take(self._free, grow, near=candidate)
             self._free = self._free - more
             balloon.cpus = candidate | more
+
+    def _pick_own(
+        self, bt: BalloonType, candidate: CPUSet, persisted: CPUSet, own: CPUSet, count: int
+    ) -> CPUSet:
+        """``count`` CPUs of ``candidate`` as a restored balloon's own; see `_adopt_cpus`."""
+        if len(own) >= count:
+            return self.allocator.keep(own, count)
+        chosen = own
+        level = bt.share_idle_cpus_in_same
+        if level and level != "system":
+            for group in self._groups[level]:
+                if group & persisted.bits and not group & chosen.bits:
+                    seed = candidate.bits & group
+                    if seed and len(chosen) < count:
+                        chosen = chosen | self.allocator.take(
+                            CPUSet.from_bits(seed), 1, near=chosen
+                        )
+        rest = count - len(chosen)
+        if rest:
+            chosen = chosen | self.allocator.take(candidate - chosen, rest, near=chosen)
+        return chosen
+
+    def _reach(self, bt: BalloonType, cpus: CPUSet) -> int:
+        """The CPUs (bitmask) a balloon of ``bt`` whose placement was ``cpus`` would have
+        been given if they were idle: its level's groups that ``cpus`` touches."""
+        level = bt.share_idle_cpus_in_same
+        if not level:
+            return 0
+        if level == "system":
+            return self.usable.bits
+        mask = 0
+        for group in self._groups[level]:
+            if group & cpus.bits:
+                mask |= group
+        return mask
 
     def _make_up_min_balloons(self) -> None:
         for bt in self.types.values():
