@@ -1,0 +1,202 @@
+"""Balloons policy placement-decision benchmarks.
+
+* **fill**: the time of one `BalloonsPolicy.allocate` (the policy's share of a
+  CreateContainer) while a machine fills up with containers of 100m-4 CPUs spread over
+  five balloon types (namespaces, annotations, kube-system; new balloons, growing
+  ones, idle-CPU sharing at core, NUMA and package level, min-balloons at start), then
+  of `release` while it drains, as wall-clock and CPU time; on the real 112-CPU
+  server topology (tests/data/topologies/server.tar.xz) and on a generated 8-socket
+  448-CPU machine.
+* **churn**: 10,000 containers created and removed (a steady population of about 200,
+  a fifth of them resized once), the CPU time per decision printed per block of
+  1,000 so that one can see it stays flat.
+
+The target is <= 2 ms per CreateContainer decision. Nothing is asserted: these are
+numbers for people. Needs no root.
+
+Run: `python -m bench.bench_balloons [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import random
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+from bench.bench_policy import Clock, reserved_of, stats_ms
+from cri_resmgr.errors import AllocationError
+from cri_resmgr.policy.balloons import ANNOTATION, BalloonsPolicy
+from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
+from cri_resmgr.resources import synthetic
+from cri_resmgr.resources.topology import Topology, load
+
+SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
+
+#: the balloon types of every run, as Config.policy_options("balloons") gives them
+TYPES: Tuple[Tuple[str, Dict[str, Any]], ...] = (
+    ("web", {"namespaces": ("web-*",), "max-cpus": 16, "share-idle-cpus-in-same": "core"}),
+    ("db", {"namespaces": ("db",), "min-balloons": 4, "min-cpus": 2, "prefer-new-balloons": True}),
+    ("batch", {"namespaces": ("batch",), "share-idle-cpus-in-same": "numa"}),
+    ("spread", {"namespaces": ("spread",), "prefer-spreading-pods": True, "max-balloons": 8}),
+    ("default", {"min-cpus": 2, "share-idle-cpus-in-same": "package"}),
+)
+NAMESPACES = ("web-a", "web-b", "db", "batch", "spread", "default", "kube-system")
+
+
+def make_policy(topology: Topology) -> BalloonsPolicy:
+    return BalloonsPolicy(topology, reserved_of(topology), {"on-error": "fail", "types": TYPES})
+
+
+def workload(rng: random.Random, i: int) -> Tuple[Pod, Container]:
+    """A random pod and container: namespace, sometimes an annotation, a request."""
+    namespace = rng.choice(NAMESPACES)
+    annotations = {}
+    if rng.random() < 0.05:
+        annotations = {f"{ANNOTATION}/pod": rng.choice(("web", "db", "batch"))}
+    pod = Pod(
+        id=f"pod-{namespace}-{i // 3}",
+        uid=f"uid-{i // 3}",
+        name=f"p{i // 3}",
+        namespace=namespace,
+        qos=BURSTABLE,
+        annotations=annotations,
+    )
+    roll = rng.random()
+    if roll < 0.15:
+        qos, milli = BESTEFFORT, 0
+    elif roll < 0.4:
+        qos, milli = GUARANTEED, 1000 * rng.randint(1, 4)
+    else:
+        qos, milli = BURSTABLE, rng.choice((100, 250, 500, 1000, 1500, 2500))
+    container = Container(
+        id="",
+        pod_id=pod.id,
+        name=f"c{i}",
+        pod_name=pod.name,
+        namespace=namespace,
+        qos=qos,
+        cpu_request=milli,
+        cpu_limit=milli if qos == GUARANTEED else 0,
+        pod_annotations=annotations,
+    )
+    return pod, container
+
+
+def fill_once(topology: Topology, seed: int, clock: Clock) -> Tuple[int, int]:
+    """One fill-and-drain round into ``clock``; (containers placed, balloons at the top)."""
+    rng = random.Random(seed)
+    p = make_policy(topology)
+    keys: List[str] = []
+    misses = 0
+    i = 0
+    while misses < 20:
+        pod, c = workload(rng, i)
+        key = f"k{i}"
+        i += 1
+        try:
+            clock.measure("allocate", functools.partial(p.allocate, key, pod, c))
+        except AllocationError:
+            misses += 1
+            continue
+        keys.append(key)
+    top = len(p.describe())
+    rng.shuffle(keys)
+    for key in keys:
+        clock.measure("release", functools.partial(p.release, key))
+    return len(keys), top
+
+
+def bench_fill(name: str, topology: Topology, rounds: int) -> None:
+    clock = Clock()
+    placed = balloons = 0
+    for r in range(rounds):
+        n, b = fill_once(topology, r, clock)
+        placed += n
+        balloons += b
+    print(
+        f"{name}: {len(topology.online)} CPUs, {placed // rounds} containers in "
+        f"{balloons // rounds} balloons per fill"
+    )
+    clock.report("allocate", "allocate (CreateContainer)")
+    clock.report("release", "release (RemoveContainer)")
+
+
+def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
+    rng = random.Random(42)
+    p = make_policy(topology)
+    live: Dict[str, Tuple[Pod, Container]] = {}
+    times: List[float] = []
+    created = failed = 0
+    print(f"{name}: churn of {total} containers, ~200 live; CPU time per decision by block")
+    while created < total:
+        if len(live) < 200 and (len(live) < 150 or rng.random() < 0.5):
+            key = f"c{created}"
+            pod, c = workload(rng, created)
+            created += 1
+            start = time.process_time()
+            try:
+                p.allocate(key, pod, c)
+                live[key] = (pod, c)
+            except AllocationError:
+                failed += 1
+            times.append(time.process_time() - start)
+        elif rng.random() < 0.2:
+            key = rng.choice(list(live))
+            pod, c = live[key]
+            resized = Container(**{**c.__dict__, "cpu_request": rng.choice((200, 1000, 3000))})
+            start = time.process_time()
+            try:
+                p.update(key, pod, resized)
+                live[key] = (pod, resized)
+            except AllocationError:
+                failed += 1
+            times.append(time.process_time() - start)
+        else:
+            key = rng.choice(list(live))
+            del live[key]
+            start = time.process_time()
+            p.release(key)
+            times.append(time.process_time() - start)
+        if len(times) >= block:
+            print(f"  after {created:6d} created: {stats_ms(times)}")
+            times = []
+    print(f"  ({failed} allocations or resizes failed: max-cpus, max-balloons or no free CPUs)")
+
+
+def machines(tmp: Path) -> List[Tuple[str, Topology]]:
+    out: List[Tuple[str, Topology]] = []
+    if SERVER_TARBALL.is_file() and shutil.which("tar"):
+        server = tmp / "server"
+        server.mkdir()
+        subprocess.run(["tar", "-xJf", str(SERVER_TARBALL), "-C", str(server)], check=True)
+        out.append(("server (real, 112 CPUs, 4 nodes + 2 PMEM)", load(server)))
+    else:
+        print(f"(no {SERVER_TARBALL} or no tar: skipping the server topology)")
+    big = synthetic.write_sysfs(
+        tmp / "big", sockets=8, cores_per_node=28, threads_per_core=2, extras=False
+    )
+    out.append(("generated 8-socket 448-CPU", load(big.root)))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else 5
+    churn = 2000 if args.quick else 10000
+    with tempfile.TemporaryDirectory(prefix="bench-balloons-") as tmp:
+        for name, topology in machines(Path(tmp)):
+            bench_fill(name, topology, rounds)
+            bench_churn(name, topology, churn, churn // 10)
+            print()
+
+
+if __name__ == "__main__":
+    main()
