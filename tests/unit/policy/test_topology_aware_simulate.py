@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
-from cri_resmgr import simulate
+from cri_resmgr import podspec, simulate
 from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology, load
@@ -179,3 +179,60 @@ def test_impossible_request_fails_the_event(topology_root: Callable[[str], Path]
     assert rc == 1
     doc = json.loads(out)
     assert "cannot give default/huge:c 1000 exclusive CPUs" in doc["error"]
+
+
+@pytest.mark.parametrize("name", ["server", "tiers"])
+def test_restart_keeps_placements(
+    sysfs_root: Callable[[str], Path], name: str, tmp_path: Path
+) -> None:
+    """Through the real hooks: run a scenario, then start a new policy on the same state
+    directory and runtime (a relay restart). Every placement is restored as it was,
+    nothing is pushed, and the next decisions see the restored CPUs as taken."""
+    from cri_resmgr.hooks import HookOptions, Hooks  # noqa: PLC0415
+    from cri_resmgr.policy.topology_aware import TopologyAwarePolicy  # noqa: PLC0415
+    from cri_resmgr.state import State  # noqa: PLC0415
+
+    topo = load(sysfs_root(name))
+    reserved = CPUSet(topo.cpus_sorted_by_topology()[:2])
+    runtime = simulate.InMemoryRuntime()
+
+    def start() -> Hooks:
+        policy = TopologyAwarePolicy(topo, reserved, {})
+        hooks = Hooks(policy, State.load(str(tmp_path), policy.NAME), runtime, HookOptions())
+        hooks.resync()
+        return hooks
+
+    hooks = start()
+    for scenario in ("topology-aware-mixed", "topology-aware-churn"):
+        sim = simulate.Simulation(
+            hooks, runtime, simulate.load_scenario(str(SCENARIOS / f"{scenario}.yaml"))
+        )
+        assert sim.run(), sim.error
+    before = dict(hooks.policy.placements())
+    told = {
+        c.id: (c.resources.cpuset_cpus, c.resources.cpuset_mems) for c in runtime.live_containers()
+    }
+    hooks.close()
+    hooks.state.close()
+
+    pushes = len(runtime.pushes)
+    again = start()
+    report = again.resync()
+    assert again.policy.placements() == before
+    assert len(runtime.pushes) == pushes and not report.pushed
+    assert {
+        c.id: (c.resources.cpuset_cpus, c.resources.cpuset_mems) for c in runtime.live_containers()
+    } == told
+    p = again.policy
+    assert isinstance(p, TopologyAwarePolicy)
+    taken = CPUSet()
+    for cpus in p.exclusive_cpus().values():
+        taken = taken | cpus
+    pod = podspec.make_pod("x", "uid-x", "x", "default", "/kubepods/poduid-x")
+    spec = podspec.Requirements(cpu_limit=2000, memory_limit=1 << 30)
+    res = podspec.container_resources(spec, "guaranteed", 1 << 34)
+    d = p.allocate("new", pod, podspec.make_container("", "c", pod, res))
+    assert d.placement is not None and len(d.placement.exclusive) == 2
+    assert not (d.placement.exclusive & taken)
+    again.close()
+    again.state.close()
