@@ -34,10 +34,11 @@ Metric names (all ``cri_resmgr_`` prefixed; times in seconds)::
     runtime_reachable, relay_connections, start_time_seconds, info{version,policy}
 
 (*) The relay is a frame relay: it sees when a call starts (the request's header block
-arrives) and ends (the reply's trailers leave), not when the runtime got the request
-or answered. The split is recorded for calls whose `relay.CallRecord` carries
-``runtime`` (seconds between forwarding the request's last frame and the runtime's
-first reply frame); records without it go only into ``call_duration_seconds``.
+arrives) and ends (the reply's trailers leave). `relay.CallRecord.runtime` is the time
+between forwarding the request's last frame and the runtime's first reply frame (for
+hooked calls: the time the hook's forwards waited); the rest is the relay's. Records
+without it (e.g. a call cancelled before the runtime answered) go only into
+``call_duration_seconds``.
 ``method`` is the CRI short name (``CreateContainer``); non-CRI methods are ``other``.
 """
 
@@ -123,7 +124,6 @@ _NFINE = len(FINE_BOUNDS) + 1
 
 OTHER_METHOD = "other"
 #: Whether relay.CallRecord carries the runtime time (see the module docstring).
-_HAS_RUNTIME = "runtime" in getattr(relay.CallRecord, "__dataclass_fields__", {})
 
 
 def code_name(code: int) -> str:
@@ -204,7 +204,7 @@ class CallStats(relay.Observer):
         self._clock = clock
         self._started = clock()  # monotonic: the window is younger than its span at first
         self.since = time.time()  # wall time counting started
-        self.split = _HAS_RUNTIME
+        self.split = True  # CallRecord.runtime splits runtime time from relay time
 
     def wants(self, method: str) -> int:
         return relay.WANT_STATUS
@@ -229,15 +229,13 @@ class CallStats(relay.Observer):
         codes[code] = codes.get(code, 0) + 1
         m.hist[bisect.bisect_left(LATENCY_BUCKETS, total)] += 1
         m.sum += total
-        if _HAS_RUNTIME:
-            runtime = record.runtime  # type: ignore[attr-defined]
-            if runtime is not None:
-                m.rt_hist[bisect.bisect_left(LATENCY_BUCKETS, runtime)] += 1
-                m.rt_sum += runtime
-                over = total - runtime
-                over = max(over, 0.0)
-                m.ov_hist[bisect.bisect_left(LATENCY_BUCKETS, over)] += 1
-                m.ov_sum += over
+        runtime = record.runtime
+        if runtime is not None:
+            m.rt_hist[bisect.bisect_left(LATENCY_BUCKETS, runtime)] += 1
+            m.rt_sum += runtime
+            over = max(total - runtime, 0.0)
+            m.ov_hist[bisect.bisect_left(LATENCY_BUCKETS, over)] += 1
+            m.ov_sum += over
         slot = int(end / WINDOW_SLOT)
         i = slot % WINDOW_SLOTS
         if m.win_slot[i] != slot:

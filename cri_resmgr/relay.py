@@ -147,6 +147,10 @@ class CallRecord:
     request: Optional[bytes] = None
     reply: Optional[bytes] = None
     hooked: bool = False
+    # Seconds spent waiting for the runtime: from forwarding the request's last frame to
+    # the reply's first header block (the relay's calls to it, for hooked ones). None
+    # when not measured. `end - start - runtime` is the time the relay added.
+    runtime: Optional[float] = None
 
 
 class Observer:
@@ -181,6 +185,8 @@ class _Stream:
         "code",
         "details",
         "local",
+        "sent",
+        "answered",
     )
 
     def __init__(self, sid: int, method: str, want: int) -> None:
@@ -193,6 +199,8 @@ class _Stream:
         self.reply: Optional[bytearray] = bytearray() if want >= WANT_MESSAGES else None
         self.code = 0
         self.details = ""
+        self.sent = 0.0  # monotonic: request's last frame forwarded (observed calls)
+        self.answered = 0.0  # monotonic: the runtime's first header block arrived
         self.local: Optional[_LocalCall] = None
 
     def keep_request(self, data: bytes | memoryview) -> None:
@@ -226,6 +234,7 @@ class _LocalCall:
         self.trailers: Optional[bytes] = None  # trailers block waiting behind pending data
         self.headers_sent = False
         self.finished = False
+        self.runtime = 0.0  # seconds this call's forwards waited for the runtime
         metadata: List[Tuple[str, Any]] = []
         deadline = None
         for name, value in headers:
@@ -470,8 +479,13 @@ class _Conn(asyncio.Protocol):
                         self._forward(buf, run, pos)
                         run = nxt
                         self._local_data(stream, flags, buf[pos + 9 : nxt], length)
-                    elif stream.request is not None:
-                        stream.keep_request(http2.strip_padding(flags, buf[pos + 9 : nxt], False))
+                    else:
+                        if stream.request is not None:
+                            stream.keep_request(
+                                http2.strip_padding(flags, buf[pos + 9 : nxt], False)
+                            )
+                        if flags & http2.FLAG_END_STREAM and stream.want:
+                            stream.sent = time.monotonic()
             elif ftype in (http2.HEADERS, http2.CONTINUATION):
                 self._forward(buf, run, nxt)
                 run = nxt
@@ -788,6 +802,8 @@ class _Conn(asyncio.Protocol):
         if (stream.local is not None) if stream is not None else (sid in self.gone):
             return None  # the runtime answering a stream we reset: not for the client
         end_stream = flags & http2.FLAG_END_STREAM
+        if stream is not None and stream.want and not stream.answered:
+            stream.answered = time.monotonic()
         if end_stream and stream is not None:
             code, details = 2, ""  # UNKNOWN unless the trailers say
             for name, value in headers:
@@ -1009,6 +1025,13 @@ class Relay:
         entry = self._wants.get(stream.method)
         if entry is None:
             return
+        local = stream.local
+        if local is not None:
+            runtime: Optional[float] = local.runtime if local.hook is not None else None
+        elif stream.sent and stream.answered >= stream.sent:
+            runtime = stream.answered - stream.sent
+        else:
+            runtime = None
         record = CallRecord(
             method=stream.method,
             start=stream.start,
@@ -1018,7 +1041,8 @@ class Relay:
             details=stream.details,
             request=bytes(stream.request) if stream.request is not None else None,
             reply=bytes(stream.reply) if stream.reply is not None else None,
-            hooked=stream.local is not None and stream.local.hook is not None,
+            hooked=local is not None and local.hook is not None,
+            runtime=runtime,
         )
         for observer in entry[1]:
             try:
@@ -1124,6 +1148,7 @@ class Relay:
             call.future = fut
         if call.info.cancelled.is_set():
             fut.cancel()
+        started = time.monotonic()
         try:
             reply = fut.result()
         except grpc.RpcError as exc:
@@ -1135,6 +1160,7 @@ class Relay:
         except grpc.FutureCancelledError:
             raise ForwardError(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
         finally:
+            call.runtime += time.monotonic() - started
             with call.lock:
                 call.future = None
         state["initial"] = fut.initial_metadata() or ()

@@ -526,6 +526,25 @@ def test_observer_status(env: Env) -> None:
         assert abs(r.wall - time.time()) < 60
 
 
+def test_observer_splits_runtime_time_from_relay_time(env: Env) -> None:
+    """CallRecord.runtime: how long the runtime took (pass-through and hooked calls)."""
+    env.runtime()
+    obs = RecordingObserver(relay.WANT_STATUS, [SLOW, HOOKED])
+
+    def hook(request: bytes, forward: Forward, info: CallInfo) -> bytes:
+        time.sleep(0.05)  # the policy's time: the relay's share
+        return forward(request)
+
+    env.start(observers=[obs], hooks={HOOKED: hook})
+    ch = env.channel()
+    call(ch, SLOW, b"0.2")
+    call(ch, HOOKED, b"x")
+    slow, hooked = sorted(obs.wait_for(2), key=lambda r: r.method != SLOW)
+    assert slow.runtime is not None and 0.2 <= slow.runtime <= slow.end - slow.start
+    assert hooked.hooked and hooked.runtime is not None
+    assert hooked.end - hooked.start - hooked.runtime >= 0.05
+
+
 def test_observer_messages_passthrough_and_hooked(env: Env) -> None:
     env.runtime()
     obs = RecordingObserver(relay.WANT_MESSAGES)
