@@ -292,8 +292,10 @@ class Hooks:
         state: State,
         runtime: Optional[Any] = None,
         options: Optional[Any] = None,
+        metrics: Optional[Any] = None,
     ) -> None:
-        self.policy = policy
+        self.metrics = metrics  # metrics.Metrics (decision/state_write feeds) or None
+        self.policy: Policy = _Counted(policy, metrics) if metrics is not None else policy
         self.state = state
         self.runtime = runtime
         self.name = policy.NAME or type(policy).__name__
@@ -358,6 +360,9 @@ class Hooks:
             self.state.save()
         except errors.StateError as exc:
             log.error("%s; the placement holds in memory, the next change saves again", exc)
+            return
+        if self.metrics is not None and self.state.last_save_seconds is not None:
+            self.metrics.state_write(self.state.last_save_seconds)
 
     def _policy_failed(self, what: str, exc: BaseException) -> None:
         """Handle a policy exception by on-error: raise (fail) or log (pass)."""
@@ -368,6 +373,9 @@ class Hooks:
             raise errors.PolicyError(
                 f"policy {self.name} failed on {what}: {type(exc).__name__}: {exc}"
             ) from exc
+        if self.metrics is not None:
+            operation = "update" if what.startswith("resizing ") else "allocate"
+            self.metrics.decision(self.name, operation, "passed")
         if isinstance(exc, errors.Error):
             log.warning(
                 "policy %s cannot place %s: %s; on-error=pass: forwarding it unmodified",
@@ -1178,6 +1186,33 @@ class Hooks:
             self._closed = True
             self._save()
             self._pushers.shutdown(wait=False)
+
+
+class _Counted:
+    """A policy whose decisions are counted in the metrics (ok / failed per operation)."""
+
+    _COUNTED = ("allocate", "release", "update", "restore", "reconfigure")
+
+    def __init__(self, policy: Policy, metrics: Any) -> None:
+        self._policy = policy
+        self._metrics = metrics
+        self._name = policy.NAME or type(policy).__name__
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._policy, name)
+        if name not in self._COUNTED:
+            return attr
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = attr(*args, **kwargs)
+            except Exception:
+                self._metrics.decision(self._name, name, "failed")
+                raise
+            self._metrics.decision(self._name, name, "ok")
+            return result
+
+        return counted
 
 
 @dataclass

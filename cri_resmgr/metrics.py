@@ -371,8 +371,8 @@ class Metrics:
         self._decisions = Counter(
             "cri_resmgr_policy_decisions",
             "Policy decisions by policy, operation (allocate, release, update, restore, "
-            "reconfigure) and outcome (ok, failed; passed = failed and forwarded "
-            "unmodified by on-error=pass).",
+            "reconfigure) and outcome (ok, failed; passed = the failed ones forwarded "
+            "unmodified by on-error=pass, also counted as failed).",
             ["policy", "operation", "outcome"],
             registry=self.registry,
         )
@@ -393,7 +393,8 @@ class Metrics:
 
     def decision(self, policy: str, operation: str, outcome: str = "ok") -> None:
         """Count one policy call: `operation` allocate/release/update/restore/reconfigure,
-        `outcome` ok, failed, or passed (failed, request forwarded unmodified)."""
+        `outcome` ok, failed, or passed: of the failed ones, those whose request went
+        to the runtime unmodified (on-error=pass); a passed decision also counts failed."""
         self._decisions.labels(policy, operation, outcome).inc()
 
     def state_write(self, seconds: float) -> None:

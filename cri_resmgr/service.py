@@ -102,6 +102,7 @@ class Service:
         self.overrides = overrides
         self.logging = logging_
         self.pending_restart: List[cfg.Change] = []
+        self.runtime_version = ""  # "containerd 1.6.20" once the runtime answered
         self.started = time.time()
         self.relay: Optional[relay.Relay] = None
         self.dump: Any = None
@@ -171,7 +172,7 @@ class Service:
             if self._cancel_wait.wait(seconds):
                 raise _Cancelled()
 
-        relay.wait_for_runtime(address, sleep=sleep)
+        self.runtime_version = relay.wait_for_runtime(address, sleep=sleep)
 
     def _build_policy(self) -> None:
         """Topology, state, policy and hooks; restore and resync before serving."""
@@ -185,8 +186,9 @@ class Service:
 
         self.topology = topology.load(self.config.get("host", "sysfs-root"))
         log.info("topology: %s", self.topology.summary())
+        setting = self.config.setting("policy", "reserved-cpus")
         reserved = reserve.resolve_reserved(
-            self.topology, self.config.get("policy", "reserved-cpus")
+            self.topology, setting.value, file=setting.file or setting.source, line=setting.line
         )
         cls = policy.get(name)
         self.policy = cls(self.topology, reserved, self.config.policy_options(name))
@@ -196,8 +198,11 @@ class Service:
             disable_policy_switch=self.config.get("policy", "disable-policy-switch"),
         )
         client = CriClient(self.config.get("runtime", "runtime-socket"))
-        self.hooks = hooks.Hooks(self.policy, store, client, self.config)
+        self.hooks = hooks.Hooks(self.policy, store, client, self.config, metrics=self.metrics)
+        started = time.monotonic()
         self.hooks.resync()  # logs what it did
+        if self.metrics is not None:
+            self.metrics.resync(time.monotonic() - started)
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dump  # noqa: PLC0415

@@ -147,11 +147,12 @@ def make(
     on_error: str = "fail",
     policy: Optional[Policy] = None,
     runtime: Optional[InMemoryRuntime] = None,
+    metrics: Optional[Any] = None,
 ) -> Node:
     policy = policy or StaticPolicy(topo, CPUSet.parse(reserved), {})
     state = State.load(str(tmp_path / "state"), policy.NAME)
     runtime = runtime or InMemoryRuntime()
-    hooks = hk.Hooks(policy, state, runtime, hk.HookOptions(on_error=on_error))
+    hooks = hk.Hooks(policy, state, runtime, hk.HookOptions(on_error=on_error), metrics=metrics)
     node = Node(hooks, runtime)
     node.report = hooks.resync()
     return node
@@ -277,6 +278,32 @@ def test_on_error_pass_forwards_unmodified(topo4: Topology, tmp_path: Path, capl
     assert "on-error=pass" in caplog.text and "default/web:big" in caplog.text
     node.stop_remove(cid)
     assert cid not in node.hooks.state.containers
+
+
+class FakeMetrics:
+    def __init__(self) -> None:
+        self.decisions: List[Tuple[str, str, str]] = []
+        self.writes: List[float] = []
+
+    def decision(self, policy: str, operation: str, outcome: str = "ok") -> None:
+        self.decisions.append((policy, operation, outcome))
+
+    def state_write(self, seconds: float) -> None:
+        self.writes.append(seconds)
+
+
+def test_decisions_and_state_writes_are_counted(topo4: Topology, tmp_path: Path) -> None:
+    metrics = FakeMetrics()
+    node = make(topo4, tmp_path, on_error="pass", metrics=metrics)
+    node.run_pod("web")
+    cid = node.create("web", "ok", cpu=1000)
+    node.call("CreateContainer", node.create_request("web", "big", cpu=4000))
+    assert ("static", "allocate", "ok") in metrics.decisions
+    assert metrics.decisions.count(("static", "allocate", "failed")) == 1
+    assert metrics.decisions.count(("static", "allocate", "passed")) == 1
+    node.stop_remove(cid)
+    assert ("static", "release", "ok") in metrics.decisions
+    assert metrics.writes and all(w >= 0 for w in metrics.writes)
 
 
 class Broken(Policy):
