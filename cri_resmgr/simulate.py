@@ -847,6 +847,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--table", action="store_true", help="print a table for people")
     parser.add_argument(
+        "--svg", metavar="FILE", help="also draw the placement as an SVG picture into FILE"
+    )
+    parser.add_argument(
         "--log-level",
         default="warning",
         choices=("debug", "info", "warning", "error"),
@@ -878,6 +881,11 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
             print(f"cri-resmgr simulate: {exc}", file=sys.stderr)
             return 2
         doc = sim.result()
+        if args.svg:
+            from cri_resmgr import cpumap  # noqa: PLC0415 - only when asked
+
+            with open(args.svg, "w", encoding="utf-8") as f:
+                f.write(cpumap.svg_for_simulation(topology, doc))
         if args.table:
             out.write(render_table(doc, topology))
         else:

@@ -292,11 +292,23 @@ def test_svg_for_simulation(topology_root: Callable[[str], Path], tmp_path: Path
     )
     out = io.StringIO()
     root = topology_root("desktop")
-    argv = [str(scenario), "--sysfs-root", str(root), "--policy", "static", "--reserved-cpus", "1"]
+    picture = tmp_path / "placement.svg"
+    argv = [
+        str(scenario),
+        "--sysfs-root",
+        str(root),
+        "--policy",
+        "static",
+        "--reserved-cpus",
+        "1",
+        "--svg",
+        str(picture),
+    ]
     assert simulate.main(argv, stdout=out) == 0
     doc = json.loads(out.getvalue())
     topo = topology.load(root)
-    svg = cpumap.svg_for_simulation(topo, doc)
+    svg = picture.read_text()
+    assert svg == cpumap.svg_for_simulation(topo, doc)
     tree = ET.fromstring(svg)
     cpus = [g for g in tree.iter(SVG + "g") if "cpu" in (g.get("class") or "").split()]
     assert len(cpus) == len(topo.online)
