@@ -99,7 +99,6 @@ def test_balloons_place_and_survive_sigkill(
     relay = _balloons_relay(relay_factory).start()
     ch = grpc.insecure_channel(relay.address)
     logs = str(runtime.pod_log_root)
-    pods = []
 
     def start(
         name: str,
@@ -111,7 +110,6 @@ def test_balloons_place_and_survive_sigkill(
             name, namespace=namespace, qos="burstable", log_root=logs, annotations=annotations
         )
         pod_id = co.run_pod(ch, pod)
-        pods.append(pod_id)
         cfg = co.container_config("app", pod, command=["sleep", "3600"], requests={"cpu": milli})
         return co.create_and_start(ch, pod_id, pod, cfg)
 
@@ -159,8 +157,7 @@ def test_balloons_place_and_survive_sigkill(
         _expect(relay, ch, cid, cpus)
     assert _pools(relay)[c] == "web[0]" and a not in _pools(relay)
     assert "Traceback" not in relay.log_text()
-    for pod_id in pods:
-        co.remove_pod(ch, pod_id)
+    # the runtime fixture removes the pods (straight at containerd)
 
 
 def test_unsatisfiable_configuration_is_refused_at_start(
