@@ -807,13 +807,21 @@ class TopologyAwarePolicy(Policy):
             return self.allocate(key, pod, container)
         req, reader = self._request(container)
         self._report(key, container, reader, always=False)
-        if req.signature == old.wanted.signature and old.request is old.wanted:
+        unchanged = req.signature == old.wanted.signature
+        if unchanged and old.request is old.wanted:
             old.container = container
             return Decision(placement=self._placements[key])
         grow_snap = self._snapshot()  # with the old CPUs still owned
         self._uncommit(key)
         try:
             g, why = self._replan(key, container, req, old, grow_snap)
+        except PolicyError as exc:
+            self._commit(key, old)
+            if unchanged:  # a fallback placement (restore) that still cannot be done right
+                log.debug("%s: still on its fallback placement: %s", container.key, exc)
+                old.container = container
+                return Decision(placement=self._placements[key])
+            raise
         except Exception:
             self._commit(key, old)
             raise

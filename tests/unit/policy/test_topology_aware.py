@@ -883,3 +883,25 @@ def test_reconfigure_keeps_what_cannot_move(
     assert classes == [EXCLUSIVE, SHARED]
     assert any("stays where it is" in m for m in warnings(caplog))
     check(p)
+
+
+def test_fallback_placement_survives_a_same_size_resize(desktop: Topology) -> None:
+    """A container restored onto shared CPUs (its exclusive CPUs were gone) is not
+    failed by a resize to the same size while there is still no room."""
+    p = make(desktop, reserved=1)
+    big = ctr("a", 16000, pod="a")
+    p.allocate("a", POD, big)
+    saved = [
+        ("a", POD, big, p.placements()["a"]),
+        ("b", POD, ctr("b", 16000, pod="b"), p.placements()["a"]),
+    ]
+    q = make(desktop, reserved=1)
+    q.restore(saved)
+    assert q.placements()["b"].cpu_class == SHARED
+    before = q.placements()
+    d = q.update("b", POD, ctr("b", 16000, pod="b"))
+    assert d.placement == before["b"] and q.placements() == before
+    with pytest.raises(AllocationError):
+        q.update("b", POD, ctr("b", 17000, pod="b"))
+    assert q.placements() == before
+    check(q)
