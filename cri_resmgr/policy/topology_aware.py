@@ -680,11 +680,9 @@ class TopologyAwarePolicy(Policy):
             if p.nodes_of(kinds) and self._free_memory(p, kinds) >= req.memory:
                 chosen = p
                 break
-        if chosen is None:
+        if chosen is None:  # not even the root holds it: every kind, unless asked
             chosen = self.tree.root
-            if not req.explicit_kinds and (
-                not chosen.nodes_of(kinds) or self._free_memory(chosen, MEMORY_KINDS) >= req.memory
-            ):
+            if not req.explicit_kinds:
                 kinds = MEMORY_KINDS
         nodes = chosen.nodes_of(kinds) or chosen.nodes_of(MEMORY_KINDS)
         return chosen, (nodes or None), self._charge(chosen, kinds, req.memory)
