@@ -21,10 +21,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 #: Bump when the recipe changes: a root with another stamp is made again.
-ROOT_RECIPE = (
-    "v1 bookworm minbase systemd systemd-sysv dbus containerd python3.11 libstdc++6 debconf"
-)
-ROOT_PACKAGES = "systemd,systemd-sysv,dbus,containerd,python3.11,libstdc++6,debconf"
+ROOT_PACKAGES = "systemd,systemd-sysv,dbus,containerd,python3.11,libstdc++6,debconf,rpm"
+ROOT_RECIPE = "v2 bookworm minbase " + ROOT_PACKAGES
 STAMP = ".packaging-test-root"
 CONTAINER_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
