@@ -23,7 +23,9 @@ flow control stays exact: request bytes the relay absorbs are granted back to th
 client, and reply bytes it writes are deducted from the client's next window updates
 before they reach the runtime (`_Conn._client_conn_window`), with server data held back
 (and split to the window) while the real window is short. Frames the runtime still
-sends for such a stream are dropped.
+sends for such a stream are dropped. Client PINGs are answered by the relay (a runtime
+that sees pings but sends no data would count them as abuse); the runtime's own pings
+and their acknowledgements pass through.
 
 A separate image socket: every client connection still goes to the runtime socket (a
 gRPC client sends no call before the server's SETTINGS, so the first call cannot pick
@@ -93,7 +95,7 @@ _TRANSPORT_HEADERS = frozenset(
 # Of those, what the runtime's trailing metadata may carry on to the client.
 _NOT_TRAILING_METADATA = _TRANSPORT_HEADERS - {"grpc-status-details-bin"}
 _IMAGE_PREFIX = "/" + cri_methods.IMAGE_SERVICE + "/"
-_CLIENT_CONTROL = frozenset({http2.RST_STREAM, http2.SETTINGS, http2.WINDOW_UPDATE})
+_CLIENT_CONTROL = frozenset({http2.RST_STREAM, http2.SETTINGS, http2.WINDOW_UPDATE, http2.PING})
 # How many finished local streams to remember: the runtime may still send a frame or
 # two for a stream the relay reset, and those must not reach the client.
 _GONE_KEPT = 256
@@ -503,10 +505,20 @@ class _Conn(asyncio.Protocol):
     def _client_control(
         self, ftype: int, flags: int, sid: int, buf: bytes, *, pos: int, nxt: int, run: int
     ) -> int:
-        """RST_STREAM, SETTINGS and the WINDOW_UPDATEs the relay accounts for.
+        """RST_STREAM, SETTINGS, PING and the WINDOW_UPDATEs the relay accounts for.
 
         Returns where the forwarded run continues: `nxt` when this frame is cut.
         """
+        if ftype == http2.PING:
+            if flags & http2.FLAG_ACK:
+                return run  # the client answering the runtime's ping
+            # Answer it here. Forwarded, a ping while the relay answers the calls itself
+            # looks to the runtime like pings without data: grpc-go's keepalive policy
+            # (containerd) then sends GOAWAY too_many_pings and the connection is lost.
+            self._forward(buf, run, pos)
+            if self.down is not None:
+                self.down.write(http2.frame(http2.PING, http2.FLAG_ACK, 0, buf[pos + 9 : nxt]))
+            return nxt
         if ftype == http2.SETTINGS:
             if not flags & http2.FLAG_ACK:
                 self._client_settings(http2.parse_settings(buf[pos + 9 : nxt]))

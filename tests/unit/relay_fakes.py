@@ -67,10 +67,13 @@ StreamFn = Callable[[bytes, grpc.ServicerContext], Iterator[bytes]]
 class FakeRuntime(grpc.GenericRpcHandler):
     """A grpcio server on `path` serving raw-bytes methods from `unary` and `stream`."""
 
-    def __init__(self, path: str, name: str = "runtime", workers: int = 64) -> None:
+    def __init__(
+        self, path: str, name: str = "runtime", workers: int = 64, options: Sequence[Any] = ()
+    ) -> None:
         self.path = path
         self.name = name
         self.workers = workers
+        self.options = tuple(options)  # extra grpc server options
         self.unary: Dict[str, UnaryFn] = {}
         self.stream: Dict[str, StreamFn] = {}
         self.seen: List[Seen] = []
@@ -169,7 +172,7 @@ class FakeRuntime(grpc.GenericRpcHandler):
         server = grpc.server(
             concurrent.futures.ThreadPoolExecutor(max_workers=self.workers),
             handlers=(self,),
-            options=CLIENT_OPTIONS[:2],
+            options=tuple(CLIENT_OPTIONS[:2]) + self.options,
         )
         server.add_insecure_port("unix:" + self.path)
         server.start()

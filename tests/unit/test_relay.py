@@ -56,8 +56,10 @@ class Env:
         self.channels: List[grpc.Channel] = []
         self.relay: Optional[relay.Relay] = None
 
-    def runtime(self, path: Optional[str] = None, name: str = "runtime") -> FakeRuntime:
-        fake = FakeRuntime(path or self.runtime_path, name).start()
+    def runtime(
+        self, path: Optional[str] = None, name: str = "runtime", options: Any = ()
+    ) -> FakeRuntime:
+        fake = FakeRuntime(path or self.runtime_path, name, options=options).start()
         self.runtimes.append(fake)
         return fake
 
@@ -524,6 +526,48 @@ def test_observer_status(env: Env) -> None:
         assert before <= r.start <= r.end <= time.monotonic()
         assert r.request is None and r.reply is None and not r.hooked
         assert abs(r.wall - time.time()) < 60
+
+
+# A runtime that, like grpc-go's default keepalive enforcement in containerd, answers
+# pings on a connection where it sent no data with GOAWAY too_many_pings.
+STRICT_PINGS = (
+    ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+    ("grpc.http2.max_ping_strikes", 1),
+)
+# A client that pings often (kubelet's grpc-go pings for its flow-control estimates).
+PINGING_CLIENT = tuple(CLIENT_OPTIONS) + (
+    ("grpc.keepalive_time_ms", 50),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+
+def _connections_used(ch: grpc.Channel, calls: Callable[[], None]) -> int:
+    """How many times `ch` became READY while `calls` ran (1 = one connection)."""
+    ready = []
+    ch.subscribe(
+        lambda state: ready.append(state) if state == grpc.ChannelConnectivity.READY else None,
+        try_to_connect=True,
+    )
+    calls()
+    return len(ready)
+
+
+def test_client_pings_are_answered_by_the_relay(env: Env) -> None:
+    """Pings the client sends while the relay answers its calls never reach the runtime,
+    which would count them as pings without data and send GOAWAY too_many_pings (it did,
+    before the relay answered pings itself: the client had to reconnect)."""
+    env.runtime(options=STRICT_PINGS)
+    env.start(hooks={HOOKED: lambda r, fwd, info: b"hooked:" + r})
+    ch = env.channel(options=PINGING_CLIENT)
+
+    def calls() -> None:
+        for i in range(10):
+            assert call(ch, HOOKED, b"%d" % i, timeout=5) == b"hooked:%d" % i
+            time.sleep(0.15)
+        assert call(ch, ECHO, b"still here", timeout=5) == b"runtime:still here"
+
+    assert _connections_used(ch, calls) == 1
 
 
 def test_observer_splits_runtime_time_from_relay_time(env: Env) -> None:
