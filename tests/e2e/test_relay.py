@@ -305,3 +305,26 @@ def test_second_instance_refuses(relay_factory) -> None:
     assert out.returncode != 0
     assert "already serves" in out.stderr
     assert first.running
+
+
+def test_many_hooked_calls_keep_one_connection(relay_factory) -> None:
+    """Kubelet keeps one connection for everything. Pod after pod through a policy (the
+    relay answers those calls itself) must not get it sent away by containerd's
+    keepalive enforcement (GOAWAY too_many_pings)."""
+    relay = relay_factory("-policy=static", "-reserved-cpus=0")
+    ready = []
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        ch.subscribe(
+            lambda s: ready.append(s) if s == grpc.ChannelConnectivity.READY else None,
+            try_to_connect=True,
+        )
+        for i in range(15):
+            pod = co.pod_sandbox_config(f"cycle{i}", namespace="e2e")
+            pod_id = co.run_pod(ch, pod)
+            co.create_and_start(
+                ch, pod_id, pod, co.container_config("app", pod, command=["sleep", "60"])
+            )
+            co.remove_pod(ch, pod_id)
+        assert co.call(ch, "Version").runtime_name == "containerd"
+    assert len(ready) == 1, "the client had to reconnect"
+    assert "too_many_pings" not in relay.log_text()
