@@ -141,6 +141,29 @@ def test_setup_and_clean(m: Machine, kubelet_before: Dict[str, str]) -> None:
     assert kubelet_files(m) == kubelet_before
 
 
+def test_upgrade_keeps_kubelet(m: Machine, deb_inside: str) -> None:
+    """An upgrade (here: a reinstall) restarts the relay and leaves kubelet alone."""
+    m.run(f"systemctl start {UNIT}")
+    m.run("/usr/share/cri-resource-manager/setup.sh")
+    starts, pid = kubelet_starts(m), main_pid(m)
+    out = apt(m, "install", "--reinstall", deb_inside)
+    assert "pointing it back" not in out and "kubelet does not use it" not in out
+    assert m.run(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    assert main_pid(m) != pid
+    assert kubelet_starts(m) == starts
+    assert m.run("cri-resmgr kubelet status", check=False).returncode == 0
+
+
+def test_python_upgrade_trigger(m: Machine) -> None:
+    """An upgrade of python3.11 fires the trigger; postinst re-links the venv."""
+    venv = "/opt/venvs/cri-resource-manager"
+    m.run(f"ln -sfn /usr/bin/python3.11-gone {venv}/bin/python3.11")
+    assert m.run("cri-resmgr -version", check=False).returncode != 0
+    m.run("dpkg-trigger --no-await /usr/bin/python3.11 && dpkg --triggers-only --pending")
+    assert m.run(f"readlink {venv}/bin/python3.11").stdout.strip() == "/usr/bin/python3.11"
+    assert m.run("cri-resmgr -version").stdout.startswith("cri-resmgr ")
+
+
 def test_remove_points_kubelet_back_first(m: Machine, kubelet_before: Dict[str, str]) -> None:
     """apt remove while kubelet uses the relay: kubelet is put back and restarted while
     the relay still runs, then the service stops."""
