@@ -108,8 +108,11 @@ sdist:
 	    --numeric-owner --mode=u+w,go-w,a+rX -cf - $(PKG)-$(PKG_VERSION) | gzip -9n > $(SDIST)
 
 wheel: sdist
+	rm -f dist/*.whl
 	cd build/sdist/$(PKG)-$(PKG_VERSION) && SOURCE_DATE_EPOCH=$(PKG_EPOCH) $(PKG_PYTHON) -c \
-	    'from setuptools import build_meta as b; print(b.build_wheel("$(CURDIR)/dist"))' | tail -1
+	    'from setuptools import build_meta as b; b.build_wheel("$(CURDIR)/dist")' \
+	    > $(CURDIR)/build/wheel.log 2>&1 || { cat $(CURDIR)/build/wheel.log; exit 1; }
+	@ls -l dist/*.whl $(SDIST)
 
 dist: sdist wheel
 
