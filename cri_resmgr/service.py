@@ -179,18 +179,13 @@ class Service:
         name = self.config.policy_name
         if name == "none":
             return
-        from cri_resmgr import hooks, policy, state  # noqa: PLC0415 - only with a policy
+        from cri_resmgr import hooks, state  # noqa: PLC0415 - only with a policy
         from cri_resmgr.cri.client import CriClient  # noqa: PLC0415
-        from cri_resmgr.policy import reserve  # noqa: PLC0415
         from cri_resmgr.resources import topology  # noqa: PLC0415
 
         self.topology = topology.load(self.config.get("host", "sysfs-root"))
         log.info("topology: %s", self.topology.summary())
-        setting = self.config.setting("policy", "reserved-cpus")
-        reserved = reserve.resolve_reserved(
-            self.topology, setting.value, file=setting.file or setting.source, line=setting.line
-        )
-        cls = policy.get(name)
+        cls, reserved = self._check_policy(self.config)
         self.policy = cls(self.topology, reserved, self.config.policy_options(name))
         store = state.State.load(
             self.config.get("relay", "state-dir"),
@@ -203,6 +198,21 @@ class Service:
         self.hooks.resync()  # logs what it did
         if self.metrics is not None:
             self.metrics.resync(time.monotonic() - started)
+
+    def _check_policy(self, config: cfg.Config) -> Tuple[Any, Any]:
+        """The policy class and reserved CPUs of `config`, checked against this machine
+        (`Policy.validate`); raises ConfigError naming file, line and key."""
+        from cri_resmgr import policy  # noqa: PLC0415
+        from cri_resmgr.policy import reserve  # noqa: PLC0415
+
+        name = config.policy_name
+        setting = config.setting("policy", "reserved-cpus")
+        reserved = reserve.resolve_reserved(
+            self.topology, setting.value, file=setting.file or setting.source, line=setting.line
+        )
+        cls = policy.get(name)
+        cls.validate(self.topology, reserved, config.policy_options(name), config=config)
+        return cls, reserved
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dump  # noqa: PLC0415
@@ -244,6 +254,8 @@ class Service:
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             new = cfg.load(self.config.config_dir, self.overrides)
+            if self.hooks is not None and new.policy_name == self.config.policy_name:
+                self._check_policy(new)  # e.g. balloon types that no longer fit
         except ConfigError as exc:
             log.error("reload: configuration rejected, keeping the running one:\n%s", exc)
             if self.dump is not None:

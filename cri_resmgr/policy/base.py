@@ -159,6 +159,17 @@ class Policy(abc.ABC):
         self.reserved = reserved
         self.options = dict(options)
 
+    @classmethod
+    def validate(
+        cls, topology: Topology, reserved: CPUSet, options: Mapping[str, Any], config: Any = None
+    ) -> None:
+        """Check options against this machine without building the policy; raises
+        `errors.ConfigError` (with file/line from ``config``, a `config.Config`, when
+        given). The service calls it at start and before a reload is accepted, so a
+        configuration that cannot be satisfied is refused, never half-applied. The
+        default accepts everything: a policy with nothing to check need not override."""
+        return
+
     @abc.abstractmethod
     def allocate(self, key: str, pod: Pod, container: Container) -> Decision:
         """Place a new container. Raises `errors.AllocationError` (or another

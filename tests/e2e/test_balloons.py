@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -176,3 +177,26 @@ def test_unsatisfiable_configuration_is_refused_at_start(
     )
     assert "Traceback" not in relay.log_text()
     assert not relay.running
+
+
+def test_unsatisfiable_configuration_is_refused_on_reload(
+    two_cpus: None,
+    runtime: Any,
+    relay_factory: Callable[..., Any],
+) -> None:
+    """SIGHUP with balloon types the machine cannot hold: the reload is rejected with the
+    same error as at start, and the running configuration stays in force."""
+    relay = _balloons_relay(relay_factory)
+    relay.start()
+    conf = relay.config_dir / "10-balloons.conf"
+    conf.write_text(CONFIG + "\n[policy.balloons.type.big]\nmin-balloons = 2\nmin-cpus = 1\n")
+    relay.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while "configuration rejected" not in relay.log_text():
+        assert time.monotonic() < deadline, relay.log_tail()
+        time.sleep(0.05)
+    log = relay.log_text()
+    assert "10-balloons.conf" in log and "[policy.balloons.type.big] min-balloons" in log
+    assert relay.running
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        assert co.call(ch, "Version").runtime_name == "containerd"
