@@ -32,8 +32,12 @@ from cri_resmgr.resources.cpuset import CPUSet
 
 def _entry(i: int) -> state.ContainerEntry:
     container = Container(
-        id=f"{i:064x}", pod_id=f"pod{i // 10:061x}", name=f"c{i}", pod_name=f"p{i // 10}",
-        namespace="bench", qos=BESTEFFORT,
+        id=f"{i:064x}",
+        pod_id=f"pod{i // 10:061x}",
+        name=f"c{i}",
+        pod_name=f"p{i // 10}",
+        namespace="bench",
+        qos=BESTEFFORT,
     )
     placement = Placement(cpus=CPUSet.parse("0-63"), mems=CPUSet.parse("0-1"))
     return state.ContainerEntry(container=container, placement=placement)
@@ -56,8 +60,10 @@ def bench_state_write(sizes: Sequence[int] = (100, 500, 1000), saves: int = 50) 
                 st.save()
                 times.append(time.perf_counter() - t)
             times.sort()
-            print(f"  {size:5d} containers: p50 {statistics.median(times) * 1e3:6.2f} ms, "
-                  f"p99 {times[int(len(times) * 0.99)] * 1e3:6.2f} ms")
+            print(
+                f"  {size:5d} containers: p50 {statistics.median(times) * 1e3:6.2f} ms, "
+                f"p99 {times[int(len(times) * 0.99)] * 1e3:6.2f} ms"
+            )
 
 
 def bench_resync(containers: int) -> None:
@@ -72,7 +78,10 @@ def bench_resync(containers: int) -> None:
                 pod_id = co.run_pod(ch, pod)
                 for c in range(min(10, containers - p)):
                     co.create_and_start(
-                        ch, pod_id, pod, co.container_config(f"c{c}", pod, command=["sleep", "9999"])
+                        ch,
+                        pod_id,
+                        pod,
+                        co.container_config(f"c{c}", pod, command=["sleep", "9999"]),
                     )
         topo = topology.load("/")
         with tempfile.TemporaryDirectory(prefix="crr-resync-") as d:
@@ -86,9 +95,11 @@ def bench_resync(containers: int) -> None:
                 elapsed = time.perf_counter() - t
                 h.close()
                 client.close()
-                print(f"  {label}: {elapsed * 1e3:7.1f} ms for {containers} containers "
-                      f"({len(report.adopted)} adopted, {len(report.restored)} restored, "
-                      f"{len(report.pushed)} pushed)")
+                print(
+                    f"  {label}: {elapsed * 1e3:7.1f} ms for {containers} containers "
+                    f"({len(report.adopted)} adopted, {len(report.restored)} restored, "
+                    f"{len(report.pushed)} pushed)"
+                )
         ctrd.remove_all_pods()
 
 
@@ -96,7 +107,10 @@ def main(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_state")
     parser.add_argument("--containers", type=int, default=500)
     parser.add_argument("--skip-resync", action="store_true", help="no containerd needed")
+    parser.add_argument("--quick", action="store_true", help="100 containers, fewer saves")
     args = parser.parse_args(list(argv))
+    if args.quick:
+        args.containers = min(args.containers, 100)
     bench_state_write()
     if not args.skip_resync:
         bench_resync(args.containers)
