@@ -117,6 +117,17 @@ def test_environment_file_flags(m: Machine) -> None:
     m.run(f"systemctl restart {UNIT} && rm -f /tmp/cri.dump")
 
 
+def test_policies_run_under_the_hardening(m: Machine) -> None:
+    """Each policy reads the topology and writes its state with the unit's sandbox."""
+    for policy in ("static", "topology-aware", "balloons"):
+        m.write("/etc/cri-resmgr/99-test.conf", f"[policy]\nname = {policy}\n")
+        m.run(f"systemctl restart {UNIT}")
+        assert cri_version(m).startswith("containerd "), policy
+        assert m.run("cri-resmgr status", check=False).returncode == 0, m.journal(UNIT)[-3000:]
+    m.run(f"rm /etc/cri-resmgr/99-test.conf && systemctl restart {UNIT}")
+    assert m.run("test -s /var/lib/cri-resmgr/state.json", check=False).returncode == 0
+
+
 def test_setup_and_clean(m: Machine, kubelet_before: Dict[str, str]) -> None:
     starts = kubelet_starts(m)
     out = m.run("/usr/share/cri-resource-manager/setup.sh").stdout
