@@ -271,7 +271,7 @@ def _namespaces_option(options: Mapping[str, Any]) -> Tuple[str, ...]:
 
 
 class TopologyAwarePolicy(Policy):
-    """Places containers in a tree of pools that follows the hardware (alias memtier).
+    """Places containers in a tree of pools that follows the hardware: sockets, dies, nodes.
 
     The pools. The machine is a tree: the root, its sockets, the dies of a socket
     (when it has several) and the NUMA nodes of a die or socket (when it has several,
