@@ -114,8 +114,9 @@ def relay_factory(runtime: Containerd) -> Iterator[Callable[..., Any]]:
     made: list = []
     dirs: list = []
 
-    def make(*flags: str, runtime_socket: Any = None, workdir: Any = None,
-             start: bool = True) -> RelayProcess:
+    def make(
+        *flags: str, runtime_socket: Any = None, workdir: Any = None, start: bool = True
+    ) -> RelayProcess:
         if workdir is None:
             workdir = tempfile.mkdtemp(prefix="crr-", dir="/tmp")
             dirs.append(workdir)

@@ -1,8 +1,8 @@
 """End-to-end: the static policy through a real `cri-resmgr` process and a real containerd.
 
-On this 2-CPU machine with ``-policy static -reserved-cpus 0`` (as the issue writes it): a Guaranteed
-1-CPU container gets CPU 1 for itself, a Burstable container of the same run is moved
-to CPU 0 and back to 0-1 once the first is removed. Between the steps the relay is
+On this 2-CPU machine with ``-policy static -reserved-cpus 0`` (as the issue writes
+it): a Guaranteed 1-CPU container gets CPU 1 for itself, a Burstable container of the
+same run is moved to CPU 0 and back to 0-1 once the first is removed. Between the steps the relay is
 killed with SIGKILL and restarted; every allocation survives (no CPU is given twice).
 What is checked is the kernel's view: the containers' cpuset cgroups.
 """

@@ -108,9 +108,7 @@ def test_only_the_transport_imports_grpc(module: str, path: Path) -> None:
         assert _top(name) not in ("grpc", "grpc_tools"), f"cri_resmgr.{module} imports {name}"
 
 
-@pytest.mark.parametrize(
-    "module,path", [m for m in MODULES if _top(m[0]) == "policy"], ids=str
-)
+@pytest.mark.parametrize("module,path", [m for m in MODULES if _top(m[0]) == "policy"], ids=str)
 def test_policies_never_see_protobuf(module: str, path: Path) -> None:
     for name in _imports(path):
         assert not name.startswith(POLICY_FORBIDDEN), f"cri_resmgr.{module} imports {name}"
