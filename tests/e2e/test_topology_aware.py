@@ -100,16 +100,9 @@ def _restart(relay: Any, timeout: float = 60.0) -> grpc.Channel:
 
 
 def _connection(relay: Any) -> grpc.Channel:
-    """A channel on a connection of its own (not grpcio's shared subchannel).
-
-    Several hooked calls in a row on one connection end in GOAWAY too_many_pings: the
-    relay answers them itself, the client's HTTP/2 PINGs (BDP probes after the relay's
-    DATA) are forwarded to containerd, which has sent nothing on that connection and
-    counts them as abuse. The static and balloons tests dodge it by interleaving
-    unhooked calls; this test places many containers in a row, so each pod gets its
-    own connection.
-    """
-    return grpc.insecure_channel(relay.address, options=[("grpc.use_local_subchannel_pool", 1)])
+    """A channel to the relay (grpcio shares one connection among them, as kubelet
+    uses one: pod after pod of hooked calls must not lose it to GOAWAY too_many_pings)."""
+    return grpc.insecure_channel(relay.address)
 
 
 @pytest.fixture
@@ -119,7 +112,7 @@ def two_cpus() -> None:
 
 
 class _Pods:
-    """Pods of one test, each started and removed over a connection of its own."""
+    """Pods of one test, started and removed through the relay."""
 
     def __init__(self, relay: Any, log_root: str) -> None:
         self.relay = relay
