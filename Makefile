@@ -100,6 +100,7 @@ install:
 # Source tarball: the working tree's files that git tracks or would track, with
 # normalized owners, modes and times (so the packages do not depend on the checkout).
 sdist:
+	scripts/ensure-deps.sh dist
 	rm -rf build/sdist && mkdir -p build/sdist/$(PKG)-$(PKG_VERSION) dist
 	git ls-files -co --exclude-standard | while IFS= read -r f; do \
 	    if [ -e "$$f" ]; then echo "$$f"; fi; done | \

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the Debian packages a target needs when they are missing.
-# Usage: scripts/ensure-deps.sh GROUP...   (groups: test, e2e, deb, rpm, nspawn)
+# Usage: scripts/ensure-deps.sh GROUP...   (groups: venv, e2e, dist, deb, rpm, nspawn)
 # Idempotent and quiet when everything is there; needs root only to install.
 set -eu
 
@@ -9,9 +9,10 @@ pkgs_for() {
         venv)   echo "python3-venv python3-dev gcc" ;;
         e2e)    echo "containerd runc busybox-static containernetworking-plugins iptables gcc libc6-dev" ;;
         deb)    echo "debhelper dh-virtualenv devscripts build-essential python3-venv python3-dev python3-setuptools python3-wheel po-debconf lintian dpkg-dev" ;;
-        rpm)    echo "rpm" ;;
+        dist)   echo "dpkg-dev python3-venv python3-setuptools python3-wheel" ;;
+        rpm)    echo "rpm python3-venv python3-setuptools python3-wheel" ;;
         nspawn) echo "systemd-container debootstrap" ;;
-        *) echo "ensure-deps: unknown group '$1' (allowed: venv e2e deb rpm nspawn)" >&2; exit 2 ;;
+        *) echo "ensure-deps: unknown group '$1' (allowed: venv e2e dist deb rpm nspawn)" >&2; exit 2 ;;
     esac
 }
 
