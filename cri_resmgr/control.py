@@ -30,17 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.base_events
-import errno
 import json
 import logging
-import os
 import socket
-import stat
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl, urlsplit
 
-from cri_resmgr import errors
+from cri_resmgr import errors, sockets
 
 __all__ = [
     "ControlError",
@@ -49,7 +46,6 @@ __all__ = [
     "HttpResponse",
     "NotRunning",
     "SocketInUse",
-    "check_stale_socket",
     "socket_path",
     "request",
     "start_tcp_server",
@@ -76,53 +72,9 @@ class NotRunning(ControlError):
     """Nobody serves the control socket: cri-resmgr is not running (or elsewhere)."""
 
 
-class SocketInUse(errors.Error):
-    """Another live server listens where we were told to listen."""
-
-
-# --- listening ---------------------------------------------------------------------
-
-
-def socket_path(address: str) -> str:
-    """A socket path from ``PATH``, ``unix://PATH`` or ``unix:PATH``."""
-    if address.startswith("unix://"):
-        return address[len("unix://") :]
-    if address.startswith("unix:"):
-        return address[len("unix:") :]
-    return address
-
-
-def check_stale_socket(path: str) -> None:
-    """Remove a socket nobody answers on; raise `SocketInUse` if a live server owns it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketInUse(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            log.info("removing stale socket %s", path)
-            _unlink(path)
-            return
-        raise SocketInUse(f"cannot check socket {path}: {exc.strerror}") from exc
-    finally:
-        probe.close()
-    raise SocketInUse(
-        f"another server is listening on {path}; is another cri-resmgr running with the "
-        "same sockets?"
-    )
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+# What a socket that cannot be listened on raises (a live server there, not a socket).
+SocketInUse = sockets.SocketInUse
+socket_path = sockets.socket_path
 
 
 ConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -135,24 +87,13 @@ async def start_unix_server(cb: ConnectedCb, path: str, mode: int) -> asyncio.ba
     and served before it is renamed to `path`: it is never connectable with a wider mode,
     and it answers as soon as it appears. A stale socket is replaced, a live one refused.
     """
-    path = socket_path(path)
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    check_stale_socket(path)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    _unlink(tmp)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(tmp)
-        os.chmod(tmp, mode)  # before listen(): nobody can connect while the mode is wider
-        sock.listen(64)
-        server = await asyncio.start_unix_server(cb, sock=sock, limit=MAX_REQUEST)
-        os.rename(tmp, path)
-    except BaseException:
-        sock.close()
-        _unlink(tmp)
-        raise
-    return server
+
+    async def serve(sock: socket.socket) -> asyncio.base_events.Server:
+        return await asyncio.start_unix_server(cb, sock=sock, limit=MAX_REQUEST)
+
+    return await sockets.listen(
+        path, mode, serve, backlog=64, hint="is another cri-resmgr running with the same sockets?"
+    )
 
 
 async def start_tcp_server(cb: ConnectedCb, host: str, port: int) -> asyncio.base_events.Server:
@@ -355,7 +296,7 @@ class ControlServer:
         if self._server is None:
             return
         self._server.close()
-        _unlink(self.path)
+        sockets.remove(self.path)
         await self._server.wait_closed()
         self._server = None
 

@@ -43,11 +43,8 @@ import asyncio
 import base64
 import collections
 import concurrent.futures
-import errno
 import logging
-import os
 import socket
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,7 +52,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 
 import grpc
 
-from cri_resmgr import errors, http2
+from cri_resmgr import errors, http2, sockets
 from cri_resmgr.cri import methods as cri_methods
 
 log = logging.getLogger(__name__)
@@ -164,10 +161,6 @@ class Observer:
 
     def observe(self, record: CallRecord) -> None:
         """Called on the relay's event loop for each finished call it asked for."""
-
-
-class RelayError(errors.Error):
-    """The relay cannot listen where it was told to."""
 
 
 # --- per-call state ------------------------------------------------------------
@@ -990,8 +983,8 @@ class Relay:
         observers: Sequence[Observer] = (),
         hook_workers: int = 8,
     ) -> None:
-        self.runtime_target = _socket_path(runtime_socket)
-        self.image_target = _socket_path(image_socket or runtime_socket)
+        self.runtime_target = sockets.socket_path(runtime_socket)
+        self.image_target = sockets.socket_path(image_socket or runtime_socket)
         self.split = self.image_target != self.runtime_target
         self._hooks: Dict[str, Hook] = dict(hooks or {})
         self._observers: Tuple[Observer, ...] = tuple(observers)
@@ -1214,31 +1207,19 @@ class Relay:
         """
         self.loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
-        self._socket_path = path = _socket_path(path)
-        directory = os.path.dirname(path) or "."
-        os.makedirs(directory, mode=0o755, exist_ok=True)
-        check_stale_socket(path)
-        tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-        with _suppress_enoent():
-            os.unlink(tmp)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(tmp)
-            os.chmod(tmp, mode)
-            if owner_of:
-                try:
-                    st = os.stat(owner_of)
-                    os.chown(tmp, st.st_uid, st.st_gid)
-                except OSError as exc:
-                    log.warning("cannot copy owner of %s to %s: %s", owner_of, path, exc)
-            sock.listen(1024)
-            self._server = await self.loop.create_unix_server(lambda: _Conn(self), sock=sock)
-            os.rename(tmp, path)
-        except BaseException:
-            sock.close()
-            with _suppress_enoent():
-                os.unlink(tmp)
-            raise
+        self._socket_path = path = sockets.socket_path(path)
+        loop = self.loop
+
+        async def serve(sock: socket.socket) -> asyncio.base_events.Server:
+            return await loop.create_unix_server(lambda: _Conn(self), sock=sock)
+
+        self._server = await sockets.listen(
+            path,
+            mode,
+            serve,
+            owner_of=owner_of,
+            hint="is cri-resmgr already running? stop it or choose another -relay-socket",
+        )
         log.info(
             "relay listening on %s, forwarding to %s%s",
             path,
@@ -1259,7 +1240,7 @@ class Relay:
         if self._server is not None:
             self._server.close()
         if self._socket_path:
-            remove_socket(self._socket_path)
+            sockets.remove(self._socket_path)
         for conn in list(self._conns):
             conn.drain()
         if self._drained is not None and self._busy():
@@ -1288,54 +1269,6 @@ class Relay:
         return len(self._conns)
 
 
-class _suppress_enoent:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
-        return isinstance(exc, FileNotFoundError)
-
-
-def _socket_path(address: str) -> str:
-    """A socket path from `PATH`, `unix://PATH` or `unix:PATH`."""
-    if address.startswith("unix://"):
-        return address[len("unix://") :]
-    if address.startswith("unix:"):
-        return address[len("unix:") :]
-    return address
-
-
-def check_stale_socket(path: str) -> None:
-    """Remove a socket nobody answers on; raise RelayError if a live server owns it."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise RelayError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(path)
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            log.info("removing stale socket %s", path)
-            remove_socket(path)
-            return
-        raise RelayError(f"cannot check socket {path}: {exc.strerror}") from exc
-    finally:
-        probe.close()
-    raise RelayError(
-        f"another server is listening on {path}; is cri-resmgr already running? "
-        "stop it or choose another -relay-socket"
-    )
-
-
-def remove_socket(path: str) -> None:
-    with _suppress_enoent():
-        os.unlink(path)
-
-
 def wait_for_runtime(
     address: str, timeout: Optional[float] = None, sleep: Callable[[float], None] = time.sleep
 ) -> str:
@@ -1347,7 +1280,7 @@ def wait_for_runtime(
     """
     from cri_resmgr.cri import api_pb2  # noqa: PLC0415 - only needed here
 
-    path = _socket_path(address)
+    path = sockets.socket_path(address)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay, waiting = 0.1, False
     with grpc.insecure_channel("unix:" + path, options=GRPC_OPTIONS) as channel:

@@ -22,6 +22,7 @@ LAYERS: Dict[str, int] = {
     "errors": 0,
     "version": 0,
     "http2": 0,
+    "sockets": 0,
     "logs": 0,
     # 1: hardware, schema, configuration
     "resources": 1,

@@ -39,7 +39,7 @@ from relay_fakes import (
     wait_until,
 )
 
-from cri_resmgr import errors, http2, relay
+from cri_resmgr import errors, http2, relay, sockets
 from cri_resmgr.cri import api_pb2
 from cri_resmgr.relay import CallInfo, Forward, ForwardError
 
@@ -760,18 +760,18 @@ def test_stale_socket_is_replaced(env: Env) -> None:
 
 def test_live_socket_is_an_error(env: Env) -> None:
     env.runtime()
-    with pytest.raises(relay.RelayError, match=str(env.runtime_path)):
+    with pytest.raises(sockets.SocketInUse, match=str(env.runtime_path)):
         env.thread.start_relay(env.runtime_path, env.runtime_path)
     assert call(env.channel(env.runtime_path), ECHO, b"x") == b"runtime:x"
 
 
 def test_non_socket_is_an_error(env: Env) -> None:
     Path(env.relay_path).write_text("not a socket")
-    with pytest.raises(relay.RelayError, match=env.relay_path):
+    with pytest.raises(sockets.SocketInUse, match=env.relay_path):
         env.start()
     assert Path(env.relay_path).read_text() == "not a socket"
-    with pytest.raises(relay.RelayError, match=env.relay_path):
-        relay.check_stale_socket(env.relay_path)
+    with pytest.raises(sockets.SocketInUse, match=env.relay_path):
+        sockets.check_stale(env.relay_path)
 
 
 def test_socket_appears_only_when_listening(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -793,8 +793,8 @@ def test_socket_appears_only_when_listening(env: Env, monkeypatch: pytest.Monkey
             observed.append(("rename", os.path.exists(path)))
         real_rename(src, dst)
 
-    monkeypatch.setattr(relay.socket, "socket", Spy)
-    monkeypatch.setattr(relay.os, "rename", rename)
+    monkeypatch.setattr(sockets.socket, "socket", Spy)
+    monkeypatch.setattr(sockets.os, "rename", rename)
     env.start()
     monkeypatch.undo()
     assert observed[-1] == ("rename", False)
@@ -1332,15 +1332,15 @@ def test_wait_for_runtime_waits_for_it(env: Env, caplog: pytest.LogCaptureFixtur
 
 
 def test_check_stale_socket(env: Env) -> None:
-    relay.check_stale_socket(env.relay_path)  # nothing there: fine
+    sockets.check_stale(env.relay_path)  # nothing there: fine
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(env.relay_path)
     stale.close()
-    relay.check_stale_socket(env.relay_path)
+    sockets.check_stale(env.relay_path)
     assert not os.path.exists(env.relay_path)
     env.runtime()
-    with pytest.raises(relay.RelayError, match="another server is listening"):
-        relay.check_stale_socket(env.runtime_path)
+    with pytest.raises(sockets.SocketInUse, match="another server is listening"):
+        sockets.check_stale(env.runtime_path)
     assert os.path.exists(env.runtime_path)
 
 
