@@ -2,8 +2,8 @@
 
 `RelayProcess(runtime_socket, workdir, *flags)` starts `python -m cri_resmgr.cli` with
 private paths (relay socket, state dir, config dir, lock file under `workdir`), waits
-until the relay socket appears (which the service creates only once calls can
-succeed), and stops it with SIGTERM (`stop`) or SIGKILL (`kill`). Its stderr goes to
+until the relay socket accepts connections (which the service allows only once calls
+can succeed), and stops it with SIGTERM (`stop`) or SIGKILL (`kill`). Its stderr goes to
 `workdir/relay.log`. Used by the end-to-end tests, the demo and the benchmarks.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,7 +78,7 @@ class RelayProcess:
         finally:
             log.close()
         deadline = time.monotonic() + timeout
-        while not os.path.exists(self.socket):
+        while not self._accepts():  # not just "exists": a killed relay leaves its file
             if self.proc.poll() is not None:
                 raise RelayError(f"relay exited with {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -85,6 +86,22 @@ class RelayProcess:
                 raise RelayError(f"relay socket did not appear in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.02)
         return self
+
+    def _accepts(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def restart_after_kill(self, timeout: float = 60.0) -> RelayProcess:
+        """SIGKILL (no shutdown code runs, the socket file stays) and start again;
+        returns once the new process accepts calls (after its restore and resync)."""
+        self.kill()
+        return self.start(timeout)
 
     def signal(self, signum: int) -> None:
         if self.proc is not None and self.proc.poll() is None:

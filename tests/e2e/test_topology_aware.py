@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
@@ -80,23 +79,10 @@ def _state(relay: Any) -> Dict[str, Any]:
     return json.loads((Path(relay.state_dir) / "state.json").read_text())  # type: ignore[no-any-return]
 
 
-def _restart(relay: Any, timeout: float = 60.0) -> grpc.Channel:
+def _restart(relay: Any) -> grpc.Channel:
     """SIGKILL the relay, start it again, return a channel once it accepts calls."""
-    relay.kill()
-    assert not relay.running
-    relay.start()
-    deadline = time.monotonic() + timeout
-    while True:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(relay.socket)
-            return grpc.insecure_channel(relay.address)
-        except OSError:
-            assert relay.running, relay.log_tail()
-            assert time.monotonic() < deadline, "restarted relay does not accept calls"
-            time.sleep(0.05)
-        finally:
-            probe.close()
+    relay.restart_after_kill()
+    return grpc.insecure_channel(relay.address)
 
 
 def _connection(relay: Any) -> grpc.Channel:
