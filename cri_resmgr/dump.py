@@ -17,10 +17,12 @@ then either a counter update (`count`) or an append to a deque. When the deque h
 `queue_size` calls or `queue_bytes` bytes of messages, the call is dropped and
 counted instead, and the writer later writes a `!!` line saying how many were lost.
 Decoding, formatting and writing happen only in the writer thread, which polls the
-deque (10-200 ms) and writes in batches. Because the writer shares the interpreter
-lock with the event loop, it works in slices of about 0.2 ms and pauses between them
-while calls keep arriving; otherwise a loop thread waiting for the lock could wait
-Python's whole switch interval (5 ms) per call.
+deque (10-200 ms) and writes in batches. When the writer shares the interpreter lock
+with a relay's event loop (``paced``), it works in slices of about 0.2 ms and pauses
+between them while calls keep arriving; otherwise a loop thread waiting for the lock
+could wait Python's whole switch interval (5 ms) per call. The service does not use
+this class directly but `dumpproc.ProcessDump`, which runs the writer in a process
+of its own (the lock is then not shared at all).
 
 The file is opened with O_APPEND|O_CREAT and mode 0600 (CRI messages carry container
 environment values, which may be secrets); a pre-existing file with a looser mode is
@@ -397,6 +399,11 @@ class _Method:
         else:
             self.want = relay.WANT_STATUS
 
+    @classmethod
+    def fixed(cls, path: str, level: str) -> _Method:
+        """The entry of `path` at a given level (the writer process gets levels, not rules)."""
+        return cls(path, Rules((DumpRule(level, cri_methods.short_name(path), True),)))
+
 
 _SPECIAL_QUALIFIERS = frozenset(
     {"RunPodSandbox", "RestorePod", "CreateContainer", "PullImage", "ImageStatus", "RemoveImage"}
@@ -760,6 +767,8 @@ class Dump(relay.Observer):
         queue_size: int = DEFAULT_QUEUE_SIZE,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         names_size: int = DEFAULT_NAMES_SIZE,
+        *,
+        paced: bool = True,
     ) -> None:
         compiled = Rules(rules)
         # (rules, per-path cache), replaced as one by set_rules()
@@ -781,7 +790,8 @@ class Dump(relay.Observer):
         self._failed = 0  # writer
         self._counts: Dict[str, List[Any]] = {}  # short name -> [calls, errors, {code: n}]
         self._since = time.time()
-        self._pacer = _Pacer(self._relay_busy)
+        # paced: share the GIL politely with a relay in the same process
+        self._pacer = _Pacer(self._relay_busy if paced else (lambda: False))
         self._seen = 0  # writer: self._enqueued when it last looked
         self._formatter = Formatter(names_size, self._pacer.tick)
         self._fd: Optional[int] = None  # writer (and start/stop)
@@ -835,6 +845,16 @@ class Dump(relay.Observer):
         """Write the per-method call and error counts (level `count`) to the dump."""
         self._post(_Control("summary"))
 
+    def write_summary_of(
+        self, counts: Sequence[Tuple[str, List[Any]]], stats: Dict[str, int], since: float
+    ) -> None:
+        """Write a summary of counts kept elsewhere (the service's, in the writer process)."""
+        self._post(_Control("summary", (counts, stats, since)))
+
+    def add_dropped(self, calls: int) -> None:
+        """Count calls dropped before they reached this dump (reported like its own)."""
+        self._dropped += calls
+
     # -- lifecycle
 
     def start(self) -> None:
@@ -856,13 +876,16 @@ class Dump(relay.Observer):
         self._post(control)
         return control.done.wait(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write what is queued and the count summary, close the file, end the writer."""
+    def stop(self, timeout: float = 10.0, summary: Optional[bool] = None) -> None:
+        """Write what is queued and the count summary (by default when anything is
+        counted), close the file, end the writer."""
         thread = self._thread
         if thread is None or self._closed:
             return
         self._closed = True
-        control = _Control("stop", self._state[0].counts_any or bool(self._counts))
+        if summary is None:
+            summary = self._state[0].counts_any or bool(self._counts)
+        control = _Control("stop", summary)
         self._post(control)
         thread.join(timeout)
         if thread.is_alive():
@@ -895,6 +918,11 @@ class Dump(relay.Observer):
         level = entry.level
         if level == OFF or self._closed:
             return
+        self.enqueue(entry, record)
+
+    def enqueue(self, entry: _Method, record: relay.CallRecord) -> None:
+        """Count or queue a call at `entry.level` (not off); drop it when the queue is full."""
+        level = entry.level
         if level == COUNT:
             counts = self._counts.get(entry.name)
             if counts is None:
@@ -1020,7 +1048,11 @@ class Dump(relay.Observer):
                 self._close()
                 self._out_path, self._fd = control.arg
             elif control.op == "summary":
-                self._emit([self._summary()])
+                if control.arg is None:
+                    self._emit([self._summary()])
+                else:
+                    counts, stats, since = control.arg
+                    self._emit([self._formatter.summary(time.time(), since, counts, stats)])
             elif control.op == "stop":
                 self._report_drops()
                 if control.arg:

@@ -215,9 +215,11 @@ class Service:
         return cls, reserved
 
     def _build_dump(self) -> Any:
-        from cri_resmgr import dump  # noqa: PLC0415
+        from cri_resmgr import dumpproc  # noqa: PLC0415
 
-        d = dump.Dump(self.config.dump_rules, self.config.get("dump", "file") or None)
+        # Formatting runs in a child process: a writer thread here would take the
+        # interpreter lock from the relay (docs/performance.md).
+        d = dumpproc.ProcessDump(self.config.dump_rules, self.config.get("dump", "file") or None)
         d.start()
         return d
 

@@ -39,6 +39,7 @@ LAYERS: Dict[str, int] = {
     # 4: what plugs into the relay
     "hooks": 4,
     "dump": 4,
+    "dumpproc": 4,
     "metrics": 4,
     "control": 4,
     # 5: composition and the tools built on it
