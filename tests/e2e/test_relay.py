@@ -328,3 +328,28 @@ def test_many_hooked_calls_keep_one_connection(relay_factory) -> None:
         assert co.call(ch, "Version").runtime_name == "containerd"
     assert len(ready) == 1, "the client had to reconnect"
     assert "too_many_pings" not in relay.log_text()
+
+
+def test_project_client_with_metadata_through_the_relay(relay_factory, runtime) -> None:
+    """The project's own CRI client, with invocation metadata (text and -bin) as
+    kubelet's tracing adds: the relay passes it and answers exactly like containerd."""
+    from cri_resmgr.cri.client import CriClient  # noqa: PLC0415
+
+    relay = relay_factory()
+    metadata = (
+        ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        ("x-debug-bin", b"\x00\x01\xfe\xff"),
+    )
+    answers = []
+    for address in (runtime.address, relay.address):
+        with CriClient(address) as client:
+            client.wait_ready(10)
+            version = client.runtime.Version(
+                api_pb2.VersionRequest(version="v1"), metadata=metadata, timeout=10
+            )
+            images = client.image.ListImages(
+                api_pb2.ListImagesRequest(), metadata=metadata, timeout=10
+            )
+            answers.append((version, sorted(i.id for i in images.images)))
+    assert answers[0] == answers[1]
+    assert answers[1][0].runtime_name == "containerd"

@@ -122,3 +122,14 @@ def test_subcommands_are_dispatched(monkeypatch) -> None:
     monkeypatch.setitem(cli.SUBCOMMANDS, "kubelet", lambda argv: seen.append(list(argv)) or 7)
     assert cli.main(["kubelet", "status", "--root", "/x"]) == 7
     assert seen == [["status", "--root", "/x"]]
+
+
+def test_list_policies_prints_every_policy_and_its_manual(capsys) -> None:
+    from cri_resmgr import policy  # noqa: PLC0415
+
+    assert cli.main(["-list-policies"]) == 0
+    out = capsys.readouterr().out
+    for name in policy.names():
+        assert name in out
+    assert "null" in out and "memtier" in out  # aliases
+    assert "cpuManagerPolicy" in out or "exclusive" in out  # the manuals, not just names
