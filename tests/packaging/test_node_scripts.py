@@ -7,6 +7,7 @@ a runtime that is not there, and purged.
 
 from __future__ import annotations
 
+import time
 from typing import Dict
 
 import pytest
@@ -112,6 +113,10 @@ def test_install_sh_missing_runtime(m: Machine) -> None:
     done = m.run("/src/install.sh", env={"RUNNER": "crio"}, check=False, timeout=300)
     assert done.returncode == 1
     assert "/var/run/crio/crio.sock does not exist" in done.stderr, done.stderr
+    # the old instance may still be stopping (restart is --no-block): then it waits
+    deadline = time.monotonic() + 60
+    while is_active(m) == "deactivating" and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert is_active(m) == "activating"  # waiting for CRI-O
     m.run("/src/install.sh", timeout=300)
     assert is_active(m) == "active"
