@@ -47,7 +47,7 @@ from cri_resmgr.errors import StateError
 from cri_resmgr.podspec import LinuxResources
 from cri_resmgr.policy.base import Container, Placement, Pod
 
-__all__ = ["DEFAULT_DIR", "STATE_FILE", "VERSION", "ContainerEntry", "State", "StateStore"]
+__all__ = ["DEFAULT_DIR", "STATE_FILE", "VERSION", "ContainerEntry", "State"]
 
 log = logging.getLogger(__name__)
 
@@ -453,8 +453,3 @@ class State:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
-
-
-#: The name `service.py` builds the state with: ``StateStore(directory)`` is an unopened
-#: `State`; `hooks.Hooks` opens it for its policy.
-StateStore = State

@@ -36,7 +36,7 @@ from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology, load
 from cri_resmgr.simulate import InMemoryRuntime
-from cri_resmgr.state import STATE_FILE, ContainerEntry, State, StateStore
+from cri_resmgr.state import STATE_FILE, ContainerEntry, State
 
 GIB = 1 << 30
 RS = "/runtime.v1.RuntimeService/"
@@ -850,7 +850,7 @@ def test_hooks_from_config_open_the_state(topo4: Topology, tmp_path: Path) -> No
     (tmp_path / "st" / STATE_FILE).write_text(
         json.dumps({"version": 1, "policy": "none", "pods": {}, "containers": {}})
     )
-    store = StateStore(str(tmp_path / "st"))
+    store = State(str(tmp_path / "st"))
     with pytest.raises(errors.StateError, match="disable-policy-switch"):
         hk.Hooks(StaticPolicy(topo4, CPUSet.of(0), {}), store, None, config)
     config = load_config("", {("policy", "name"): "static"})
@@ -858,7 +858,7 @@ def test_hooks_from_config_open_the_state(topo4: Topology, tmp_path: Path) -> No
         "", {("policy", "name"): "static", ("policy.static", "on-error"): "pass"}
     )
     hooks = hk.Hooks(
-        StaticPolicy(topo4, CPUSet.of(0), {}), StateStore(str(tmp_path / "st")), None, config_pass
+        StaticPolicy(topo4, CPUSet.of(0), {}), State(str(tmp_path / "st")), None, config_pass
     )
     assert hooks.options.on_error == "pass" and hooks.state.origin == "switched"
     hooks.reconfigure(config.policy_options("static"))

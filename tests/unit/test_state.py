@@ -15,7 +15,7 @@ from cri_resmgr import podspec
 from cri_resmgr.errors import StateError
 from cri_resmgr.policy.base import EXCLUSIVE, GUARANTEED, Placement, Pod
 from cri_resmgr.resources.cpuset import CPUSet
-from cri_resmgr.state import STATE_FILE, VERSION, ContainerEntry, State, StateStore
+from cri_resmgr.state import STATE_FILE, VERSION, ContainerEntry, State
 
 WALL = 1714564800.0  # 2024-05-01T12:00:00Z
 
@@ -280,9 +280,9 @@ def test_write_time_is_reported(tmp_path: Path) -> None:
 
 
 def test_two_phase_open(tmp_path: Path) -> None:
-    """`StateStore(dir)` (service.py's spelling) is an unopened State; open() reads it."""
+    """`State(dir)` is an unopened state (what `hooks.Hooks` opens); open() reads it."""
     _filled(tmp_path)
-    st = StateStore(str(tmp_path))
+    st = State(str(tmp_path))
     assert not st.opened and not st.containers
     with pytest.raises(StateError, match="before open"):
         st.save()  # would overwrite the file with an empty state
