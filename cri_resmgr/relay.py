@@ -53,21 +53,16 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 import grpc
 
 from cri_resmgr import errors, http2, sockets
+from cri_resmgr.cri import client as cri_client
 from cri_resmgr.cri import methods as cri_methods
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE = 16 * 1024 * 1024  # as kubelet: 16 MiB both ways
+MAX_MESSAGE = cri_client.MAX_MESSAGE_BYTES  # as kubelet: 16 MiB both ways
 MAX_RECORDED = MAX_MESSAGE + 5  # message bytes per direction kept for observers
-GRPC_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE),
-    ("grpc.max_send_message_length", MAX_MESSAGE),
-    # A local socket: retry connecting within a second of the runtime coming back,
-    # not after grpc's default backoff (which grows to two minutes). Not
-    # grpc.min_reconnect_backoff_ms: grpc-core uses it as the connect timeout too.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
+GRPC_OPTIONS = cri_client.CHANNEL_OPTIONS
+#: Methods whose observer wishes are remembered (clients choose paths freely).
+_WANTS_KEPT = 4096
 
 # What an observer wants of a method's calls.
 WANT_NONE = 0
@@ -182,6 +177,7 @@ class _Stream:
         "local",
         "sent",
         "answered",
+        "observers",
     )
 
     def __init__(self, sid: int, method: str, want: int) -> None:
@@ -196,6 +192,7 @@ class _Stream:
         self.details = ""
         self.sent = 0.0  # monotonic: request's last frame forwarded (observed calls)
         self.answered = 0.0  # monotonic: the runtime's first header block arrived
+        self.observers: Tuple[Observer, ...] = ()  # who asked, when the call started
         self.local: Optional[_LocalCall] = None
 
     def keep_request(self, data: bytes | memoryview) -> None:
@@ -340,8 +337,11 @@ class _Conn(asyncio.Protocol):
         self.sblock: Optional[Tuple[int, int, List[bytes]]] = None
         self.streams: Dict[int, _Stream] = {}
         self.first_block = True
-        self.client_max_frame = http2.DEFAULT_MAX_FRAME
+        self.client_max_frame = http2.DEFAULT_MAX_FRAME  # in force for our own frames
         self.client_initial_window = http2.DEFAULT_WINDOW
+        self.unacked: Deque[Dict[int, int]] = collections.deque()  # client SETTINGS sent
+        self.release_pending = False  # resume waiting replies after this read's output
+        self.acked: Dict[int, int] = {}  # client settings the runtime acknowledged
         self.down_window = http2.DEFAULT_WINDOW  # real connection window towards the client
         self.debt = 0  # reply bytes we wrote that the runtime does not know about
         self.held: Deque[Tuple[bytes, int]] = collections.deque()  # (frames, DATA bytes)
@@ -481,6 +481,13 @@ class _Conn(asyncio.Protocol):
                             )
                         if flags & http2.FLAG_END_STREAM and stream.want:
                             stream.sent = time.monotonic()
+                elif sid in self.gone:
+                    # More request data for a stream we answered (or refused) and reset
+                    # upstream already: not the runtime's; give the client its window back.
+                    self._forward(buf, run, pos)
+                    run = nxt
+                    if length and self.down is not None:
+                        self.down.write(http2.window_update(0, length))
             elif ftype in (http2.HEADERS, http2.CONTINUATION):
                 self._forward(buf, run, nxt)
                 run = nxt
@@ -545,19 +552,43 @@ class _Conn(asyncio.Protocol):
             self._up_write(buf if start == 0 and stop == len(buf) else buf[start:stop])
 
     def _client_settings(self, settings: Dict[int, int]) -> None:
-        if http2.SETTINGS_MAX_FRAME_SIZE in settings:
-            self.client_max_frame = settings[http2.SETTINGS_MAX_FRAME_SIZE]
+        """The client's SETTINGS (on their way to the runtime, which acknowledges them).
+
+        For the frames the relay itself sends: a smaller window or frame size applies
+        at once; a larger one only once the runtime's SETTINGS ACK is on its way to the
+        client, because until the client has seen that ACK it may still enforce the
+        old value (grpc-core does).
+        """
         if http2.SETTINGS_HEADER_TABLE_SIZE in settings:
             self.server_headers.allow_table_size(settings[http2.SETTINGS_HEADER_TABLE_SIZE])
-        if http2.SETTINGS_INITIAL_WINDOW_SIZE in settings:
-            new = settings[http2.SETTINGS_INITIAL_WINDOW_SIZE]
-            delta = new - self.client_initial_window
-            self.client_initial_window = new
+        self.unacked.append(settings)
+        self._apply_client_limits(increase=False)
+
+    def _client_settings_acked(self) -> None:
+        """The runtime acknowledged the client's oldest unacknowledged SETTINGS."""
+        if self.unacked:
+            self.acked.update(self.unacked.popleft())
+            self._apply_client_limits(increase=True)
+
+    def _apply_client_limits(self, increase: bool) -> None:
+        def target(ident: int, default: int) -> int:
+            values = [self.acked.get(ident, default)]
+            values += [s[ident] for s in self.unacked if ident in s]
+            return min(values) if increase else min(values[-1], values[0])
+
+        frame = target(http2.SETTINGS_MAX_FRAME_SIZE, http2.DEFAULT_MAX_FRAME)
+        if frame < self.client_max_frame or (increase and frame > self.client_max_frame):
+            self.client_max_frame = frame
+        window = target(http2.SETTINGS_INITIAL_WINDOW_SIZE, http2.DEFAULT_WINDOW)
+        delta = window - self.client_initial_window
+        if delta < 0 or (increase and delta > 0):
+            self.client_initial_window = window
             for stream in self.streams.values():
                 if stream.local is not None:
                     stream.local.send_window += delta
             if delta > 0 and self.waiting:
-                self._release()
+                # after this read's frames (the ACK among them) have been written
+                self.release_pending = True
 
     def _client_conn_window(self, inc: int) -> None:
         """A client WINDOW_UPDATE on the connection: keep what pays for our own replies."""
@@ -596,6 +627,7 @@ class _Conn(asyncio.Protocol):
             # elsewhere), so the runtime must not run it.
             self._up_write(http2.rst_stream(sid, http2.CANCEL))
             self._emit(http2.rst_stream(sid, http2.REFUSED_STREAM), 0)
+            self._forget(sid)  # its DATA, if any follows, is not the runtime's
             return
         self.last_sid = sid
         method = ""
@@ -604,7 +636,9 @@ class _Conn(asyncio.Protocol):
                 method = value
                 break
         relay = self.relay
-        stream = _Stream(sid, method, relay._want(method))
+        want, observers = relay._want(method)
+        stream = _Stream(sid, method, want)
+        stream.observers = observers
         self.streams[sid] = stream
         hook = relay._hooks.get(method)
         if hook is not None or (relay.split and method.startswith(_IMAGE_PREFIX)):
@@ -696,6 +730,9 @@ class _Conn(asyncio.Protocol):
         self.sbuf = buf[pos:] if pos < end else b""
         if out:
             self._emit(b"".join(out) if len(out) > 1 else out[0], 0)
+        if self.release_pending:  # a larger client window is in force from here on
+            self.release_pending = False
+            self._release()
 
     def _server_control(self, ftype: int, flags: int, sid: int, payload: bytes) -> bool:
         """Runtime frames other than DATA, HEADERS and connection WINDOW_UPDATE.
@@ -717,7 +754,9 @@ class _Conn(asyncio.Protocol):
                 self._finish(self.streams.pop(sid))
             return False
         if ftype == http2.SETTINGS:
-            if not flags & http2.FLAG_ACK:
+            if flags & http2.FLAG_ACK:
+                self._client_settings_acked()
+            else:
                 size = http2.parse_settings(payload).get(http2.SETTINGS_HEADER_TABLE_SIZE)
                 if size is not None:
                     self.client_headers.allow_table_size(size)
@@ -835,6 +874,8 @@ class _Conn(asyncio.Protocol):
         fut.add_done_callback(lambda f: self._local_done(stream, f))
 
     def _local_done(self, stream: _Stream, fut: asyncio.Future) -> None:
+        if fut.cancelled():  # shutdown cancelled it before it ran: the connection closes
+            return
         try:
             result = fut.result()
         except BaseException as exc:  # noqa: BLE001 - the executor itself failed
@@ -937,14 +978,18 @@ class _Conn(asyncio.Protocol):
         """A call is over (the stream is already out of `streams`)."""
         if stream.local is not None:
             self.waiting.pop(stream.sid, None)
-            gone = self.gone
-            gone[stream.sid] = None
-            if len(gone) > _GONE_KEPT:
-                del gone[next(iter(gone))]
+            self._forget(stream.sid)
         if stream.want:
             self.relay._observe(stream)
         if self.draining:
             self.relay._check_drained()
+
+    def _forget(self, sid: int) -> None:
+        """Remember a stream the relay reset upstream: late frames for it are dropped."""
+        gone = self.gone
+        gone[sid] = None
+        if len(gone) > _GONE_KEPT:
+            del gone[next(iter(gone))]
 
     def _protocol_error(self, message: str) -> None:
         log.warning("relay: closing connection: %s", message)
@@ -1017,19 +1062,19 @@ class Relay:
         self._observers = tuple(observers)
         self._wants = {}
 
-    def _want(self, method: str) -> int:
+    def _want(self, method: str) -> Tuple[int, Tuple[Observer, ...]]:
+        """What the observers want of `method`'s calls, and which observers."""
         entry = self._wants.get(method)
         if entry is None:
             wanted = [(o.wants(method), o) for o in self._observers]
             level = max((w for w, _ in wanted), default=WANT_NONE)
             entry = (level, tuple(o for w, o in wanted if w > WANT_NONE))
-            self._wants[method] = entry
-        return entry[0]
+            if len(self._wants) < _WANTS_KEPT:
+                self._wants[method] = entry
+        return entry
 
     def _observe(self, stream: _Stream) -> None:
-        entry = self._wants.get(stream.method)
-        if entry is None:
-            return
+        """A call is over: its observers (those of when it started) get its record."""
         local = stream.local
         if local is not None:
             runtime: Optional[float] = local.runtime if local.hook is not None else None
@@ -1049,7 +1094,7 @@ class Relay:
             hooked=local is not None and local.hook is not None,
             runtime=runtime,
         )
-        for observer in entry[1]:
+        for observer in stream.observers:
             try:
                 observer.observe(record)
             except Exception:  # noqa: BLE001 - an observer must never break a call
@@ -1235,7 +1280,13 @@ class Relay:
             self._drained.set()
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, let calls in flight finish for up to `grace` s, then close."""
+        """Stop accepting, let calls in flight finish for up to `grace` s, then close.
+
+        Hooks not started yet are cancelled; hooks running are waited for (within the
+        grace period, at least a second) so that their state is complete before the
+        caller saves it: a hook's own runtime calls end by their deadlines.
+        """
+        deadline = time.monotonic() + grace
         self._draining = True
         if self._server is not None:
             self._server.close()
@@ -1260,8 +1311,16 @@ class Relay:
                 conn.down.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self._executor.shutdown(wait=False)
-        self._plain_executor.shutdown(wait=False)
+        loop = asyncio.get_running_loop()
+        for executor in (self._executor, self._plain_executor):
+            executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(None, self._executor.shutdown, True),
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except asyncio.TimeoutError:
+            log.warning("shutdown: hooks still running; their calls end by their deadlines")
         for channel in self._channels.values():
             channel.close()
 

@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 
 #: Message size limit in bytes, both directions (kubelet's limit).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-#: Channel options every CRI channel of this project uses.
+#: Channel options every CRI channel of this project uses (the relay's too).
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # A local socket: retry connecting within a second of the runtime coming back,
+    # not after grpc's default backoff (which grows to two minutes). Not
+    # grpc.min_reconnect_backoff_ms: grpc-core uses it as the connect timeout too.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
 #: The CRI version string kubelet sends in VersionRequest.
 KUBELET_API_VERSION = "v1"

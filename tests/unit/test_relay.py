@@ -1082,6 +1082,7 @@ class _Sim:
                 struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE, initial_window),
             )
         )
+        self.w.from_runtime(http2.frame(http2.SETTINGS, http2.FLAG_ACK, 0))  # the runtime's ACK
 
     def open(self, sid: int, local: bool, size: int) -> None:
         payload = bytes([sid % 256]) * size
@@ -1262,7 +1263,12 @@ def test_wire_answered_call_waits_for_window_without_debt() -> None:
             http2.SETTINGS, 0, 0, struct.pack(">HI", http2.SETTINGS_INITIAL_WINDOW_SIZE, 1 << 20)
         )
     )
+    # Not before the runtime acknowledged it: until then the client may hold on to the
+    # old window (grpc-core does).
+    assert not [f for f in w.to_client() if f[0] == http2.DATA]
+    w.from_runtime(http2.frame(http2.SETTINGS, http2.FLAG_ACK, 0))
     frames = w.to_client()
+    assert frames[0][0] == http2.SETTINGS and frames[0][1] & http2.FLAG_ACK  # ACK first
     assert sum(len(f[3]) for f in frames if f[0] == http2.DATA) == 70_005 - 65535
     assert frames[-1][1] & http2.FLAG_END_STREAM
 
