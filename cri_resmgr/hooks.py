@@ -53,10 +53,22 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import (
+    Any,
+    Deque,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+)
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from cri_resmgr import errors, podspec
 from cri_resmgr.cri import api_pb2
@@ -83,6 +95,7 @@ __all__ = [
     "STOP_CONTAINER",
     "STOP_POD_SANDBOX",
     "UPDATE_CONTAINER_RESOURCES",
+    "resources_pb",
     "runtime_error",
 ]
 
@@ -201,10 +214,16 @@ def _plain(res: api_pb2.LinuxContainerResources) -> LinuxResources:
     )
 
 
-def _with_placement(res: LinuxResources, placement: Optional[Placement]) -> LinuxResources:
-    """`res` with the fields a placement sets (an empty CPU set or None leaves them)."""
+def resources_pb(res: LinuxResources) -> api_pb2.LinuxContainerResources:
+    """The CRI message of plain resources (unset fields stay unset); `_plain` backwards."""
+    return api_pb2.LinuxContainerResources(**res.to_json())
+
+
+def _placement_fields(placement: Optional[Placement]) -> Dict[str, Any]:
+    """The `LinuxContainerResources` fields a placement sets: ``cpuset_cpus`` (unless its
+    CPU set is empty), ``cpuset_mems`` and ``cpu_shares`` (unless None)."""
     if placement is None:
-        return res
+        return {}
     changes: Dict[str, Any] = {}
     if placement.cpus:
         changes["cpuset_cpus"] = str(placement.cpus)
@@ -212,28 +231,32 @@ def _with_placement(res: LinuxResources, placement: Optional[Placement]) -> Linu
         changes["cpuset_mems"] = str(placement.mems)
     if placement.cpu_shares is not None:
         changes["cpu_shares"] = placement.cpu_shares
+    return changes
+
+
+def _with_placement(res: LinuxResources, placement: Optional[Placement]) -> LinuxResources:
+    """`res` with the fields a placement sets."""
+    changes = _placement_fields(placement)
     return res.replace(**changes) if changes else res
 
 
 def _write_placement(msg: api_pb2.LinuxContainerResources, placement: Placement) -> None:
-    if placement.cpus:
-        msg.cpuset_cpus = str(placement.cpus)
-    if placement.mems is not None:
-        msg.cpuset_mems = str(placement.mems)
-    if placement.cpu_shares is not None:
-        msg.cpu_shares = placement.cpu_shares
+    """Set the fields a placement sets in a message about to be forwarded."""
+    for name, value in _placement_fields(placement).items():
+        setattr(msg, name, value)
 
 
-def _resources_pb(res: LinuxResources) -> api_pb2.LinuxContainerResources:
-    return api_pb2.LinuxContainerResources(
-        cpu_period=res.cpu_period,
-        cpu_quota=res.cpu_quota,
-        cpu_shares=res.cpu_shares,
-        memory_limit_in_bytes=res.memory_limit_in_bytes,
-        oom_score_adj=res.oom_score_adj,
-        cpuset_cpus=res.cpuset_cpus,
-        cpuset_mems=res.cpuset_mems,
-    )
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(cls: Type[_M], request: bytes, what: str) -> Optional[_M]:
+    """`request` decoded as `cls`; None (logged) when it does not decode, and the hook
+    then forwards it as is."""
+    try:
+        return cls.FromString(request)
+    except DecodeError as exc:
+        log.warning("%s request does not decode (%s); forwarded as is", what, exc)
+        return None
 
 
 def _placement_text(placement: Optional[Placement]) -> str:
@@ -436,7 +459,7 @@ class Hooks:
             def send(job: Tuple[str, str, LinuxResources, Placement]) -> Optional[BaseException]:
                 cid, _, resources, placement = job
                 request = api_pb2.UpdateContainerResourcesRequest(
-                    container_id=cid, linux=_resources_pb(_with_placement(resources, placement))
+                    container_id=cid, linux=resources_pb(_with_placement(resources, placement))
                 )
                 try:
                     runtime.UpdateContainerResources(request, timeout=timeout)
@@ -495,13 +518,18 @@ class Hooks:
                 self.state.put_pod(pod)
             return pod
 
+    def _pod_of(self, entry: ContainerEntry) -> Pod:
+        """The pod of a container entry: from the state, else a record made of what the
+        container knows of it (caller holds the lock)."""
+        c = entry.container
+        pod = self.state.pods.get(c.pod_id)
+        return pod if pod is not None else podspec.make_pod(c.pod_id, "", c.pod_name, c.namespace)
+
     # -- RunPodSandbox
 
     def run_pod_sandbox(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            req = api_pb2.RunPodSandboxRequest.FromString(request)
-        except DecodeError as exc:
-            log.warning("RunPodSandbox request does not decode (%s); forwarded as is", exc)
+        req = _parse(api_pb2.RunPodSandboxRequest, request, "RunPodSandbox")
+        if req is None:
             return forward(request)
         reply = forward(request)
         try:
@@ -519,10 +547,8 @@ class Hooks:
     # -- CreateContainer
 
     def create_container(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            req = api_pb2.CreateContainerRequest.FromString(request)
-        except DecodeError as exc:
-            log.warning("CreateContainer request does not decode (%s); forwarded as is", exc)
+        req = _parse(api_pb2.CreateContainerRequest, request, "CreateContainer")
+        if req is None:
             return forward(request)
         config = req.config
         pod = self._pod_for(
@@ -698,10 +724,8 @@ class Hooks:
     # -- UpdateContainerResources
 
     def update_container_resources(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            req = api_pb2.UpdateContainerResourcesRequest.FromString(request)
-        except DecodeError as exc:
-            log.warning("UpdateContainerResources does not decode (%s); forwarded as is", exc)
+        req = _parse(api_pb2.UpdateContainerResourcesRequest, request, "UpdateContainerResources")
+        if req is None:
             return forward(request)
         cid = req.container_id
         with self._lock:
@@ -735,9 +759,7 @@ class Hooks:
         if entry is None or entry.stopped:
             return None
         old = dataclasses.replace(entry)
-        pod = self.state.pods.get(entry.container.pod_id) or podspec.make_pod(
-            entry.container.pod_id, "", entry.container.pod_name, entry.container.namespace
-        )
+        pod = self._pod_of(entry)
         container = podspec.make_container(
             cid, entry.container.name, pod, resources, dict(entry.container.annotations)
         )
@@ -820,17 +842,17 @@ class Hooks:
         return reply
 
     def stop_container(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            cid = api_pb2.StopContainerRequest.FromString(request).container_id
-        except DecodeError:
+        req = _parse(api_pb2.StopContainerRequest, request, "StopContainer")
+        if req is None:
             return forward(request)
+        cid = req.container_id
         return self._forward_then_release(request, forward, [cid], drop=False)
 
     def remove_container(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            cid = api_pb2.RemoveContainerRequest.FromString(request).container_id
-        except DecodeError:
+        req = _parse(api_pb2.RemoveContainerRequest, request, "RemoveContainer")
+        if req is None:
             return forward(request)
+        cid = req.container_id
         return self._forward_then_release(request, forward, [cid], drop=True)
 
     def _pod_containers(self, pod_id: str) -> List[str]:
@@ -838,17 +860,17 @@ class Hooks:
             return [c for c, e in self.state.containers.items() if e.container.pod_id == pod_id]
 
     def stop_pod_sandbox(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            pod_id = api_pb2.StopPodSandboxRequest.FromString(request).pod_sandbox_id
-        except DecodeError:
+        req = _parse(api_pb2.StopPodSandboxRequest, request, "StopPodSandbox")
+        if req is None:
             return forward(request)
+        pod_id = req.pod_sandbox_id
         return self._forward_then_release(request, forward, self._pod_containers(pod_id), False)
 
     def remove_pod_sandbox(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
-        try:
-            pod_id = api_pb2.RemovePodSandboxRequest.FromString(request).pod_sandbox_id
-        except DecodeError:
+        req = _parse(api_pb2.RemovePodSandboxRequest, request, "RemovePodSandbox")
+        if req is None:
             return forward(request)
+        pod_id = req.pod_sandbox_id
         try:
             reply = self._forward_then_release(
                 request, forward, self._pod_containers(pod_id), drop=True
@@ -949,9 +971,7 @@ class Hooks:
         for cid, entry in self.state.containers.items():
             if entry.placement is None:
                 continue
-            pod = self.state.pods.get(entry.container.pod_id) or podspec.make_pod(
-                entry.container.pod_id, "", entry.container.pod_name, entry.container.namespace
-            )
+            pod = self._pod_of(entry)
             entries.append((cid, pod, entry.container, entry.placement))
         if not entries:
             return
@@ -976,9 +996,7 @@ class Hooks:
             entry = self.state.containers.get(cid)
             if entry is None:
                 continue
-            pod = self.state.pods.get(entry.container.pod_id) or podspec.make_pod(
-                entry.container.pod_id, "", entry.container.pod_name, entry.container.namespace
-            )
+            pod = self._pod_of(entry)
             try:
                 decision = self.policy.allocate(cid, pod, entry.container)
             except Exception as exc:  # noqa: BLE001 - it keeps running where it is

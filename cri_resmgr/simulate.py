@@ -63,7 +63,7 @@ from cri_resmgr import config as cfg
 from cri_resmgr import errors, podspec
 from cri_resmgr.cri import api_pb2
 from cri_resmgr.cri.methods import METHODS
-from cri_resmgr.hooks import HookOptions, Hooks, runtime_error
+from cri_resmgr.hooks import HookOptions, Hooks, resources_pb, runtime_error
 from cri_resmgr.policy.base import BESTEFFORT
 from cri_resmgr.relay import CallInfo
 from cri_resmgr.resources.cpuset import CPUSet
@@ -662,11 +662,11 @@ class Simulation:
         labels.update(ev.labels)
         linux = api_pb2.LinuxPodSandboxConfig(
             cgroup_parent=podspec.cgroup_parent(uid, qos, self.scenario.cgroup_driver),
-            resources=_pb(podspec.sandbox_resources(specs)),
+            resources=resources_pb(podspec.sandbox_resources(specs)),
         )
         if ev.overhead_cpu or ev.overhead_memory:
             linux.overhead.CopyFrom(
-                _pb(podspec.overhead_resources(ev.overhead_cpu, ev.overhead_memory))
+                resources_pb(podspec.overhead_resources(ev.overhead_cpu, ev.overhead_memory))
             )
         config = api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=ev.pod, uid=uid, namespace=ev.namespace),
@@ -699,7 +699,7 @@ class Simulation:
             image=api_pb2.ImageSpec(image="registry.k8s.io/pause:3.9"),
             labels=labels,
             annotations=dict(ev.annotations),
-            linux=api_pb2.LinuxContainerConfig(resources=_pb(resources)),
+            linux=api_pb2.LinuxContainerConfig(resources=resources_pb(resources)),
         )
         request = api_pb2.CreateContainerRequest(
             pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config
@@ -714,7 +714,9 @@ class Simulation:
         pod = self._pod(ev)
         cid = self._container_id(pod, ev)
         resources = podspec.container_resources(ev.spec, pod.qos, self.node_memory)
-        request = api_pb2.UpdateContainerResourcesRequest(container_id=cid, linux=_pb(resources))
+        request = api_pb2.UpdateContainerResourcesRequest(
+            container_id=cid, linux=resources_pb(resources)
+        )
         self._call("UpdateContainerResources", request)
 
     def _container_id(self, pod: _LivePod, ev: Event) -> str:
@@ -780,10 +782,6 @@ class Simulation:
         if self.error:
             doc["error"] = self.error
         return doc
-
-
-def _pb(res: podspec.LinuxResources) -> api_pb2.LinuxContainerResources:
-    return api_pb2.LinuxContainerResources(**{k: v for k, v in res.to_json().items()})
 
 
 def render_table(doc: Mapping[str, Any], topology: Any) -> str:

@@ -395,13 +395,28 @@ def test_pod_unknown_to_the_state_uses_the_sandbox_config(topo4: Topology, tmp_p
     assert node.hooks.state.containers[cid].placement.cpu_class == EXCLUSIVE  # type: ignore[union-attr]
 
 
-def test_undecodable_request_is_forwarded_as_is(topo4: Topology, tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", [m for m in hk.HOOKED_METHODS if m != hk.START_CONTAINER])
+def test_undecodable_request_is_forwarded_as_is(
+    topo4: Topology, tmp_path: Path, caplog: Any, method: str
+) -> None:
+    """Every decoding hook forwards what does not decode byte for byte, and says so."""
     node = make(topo4, tmp_path)
     got = []
-    reply = node.table[hk.CREATE_CONTAINER](
-        b"\xff\xff\xff", lambda b: (got.append(b), b"")[1], CallInfo(hk.CREATE_CONTAINER, (), None)
+    reply = node.table[method](
+        b"\xff\xff\xff", lambda b: (got.append(b), b"")[1], CallInfo(method, (), None)
     )
     assert got == [b"\xff\xff\xff"] and reply == b""
+    name = method.rsplit("/", 1)[1]
+    assert f"{name} request does not decode" in caplog.text
+
+
+def test_resources_round_trip_through_protobuf() -> None:
+    res = podspec.LinuxResources(
+        cpu_period=100000, cpu_quota=-1, cpu_shares=2, memory_limit_in_bytes=GIB, cpuset_mems="0"
+    )
+    msg = hk.resources_pb(res)
+    assert msg.cpu_quota == -1 and msg.cpuset_cpus == "" and msg.cpuset_mems == "0"
+    assert hk._plain(msg) == res
 
 
 # --- knock-on updates --------------------------------------------------------------------
