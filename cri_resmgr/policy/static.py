@@ -265,16 +265,20 @@ class StaticPolicy(Policy):
         picked: Optional[CPUSet] = None
         what = ""
         empties_pool = False
+        # the pool as `_owned` makes it: empty (the fallback of `_set_pool`, which
+        # `self._pool` is then) only after a restore; a pick cannot shrink it further
+        pool = self._pool_for(self._owned)
         for what, cands in tiers:  # noqa: B007 - `what` is logged below
             if alloc.capacity(cands, full) < need:
                 continue
             picked = alloc.take(cands, need, near=current, full_cores=full)
-            if self._pool_for(self._owned | picked):
+            if not pool or self._pool_for(self._owned | picked):
                 break
-            # it would take the last shared CPUs: try again leaving one (or a core) out
+            # it would take the last shared CPUs (so `pool` <= `picked` <= `cands`):
+            # try again leaving one (or a core) out
             picked = None
             empties_pool = True
-            last = (self._pool & cands).last()
+            last = (pool & cands).last()
             spare = alloc.core_of(last) if full else CPUSet.of(last)
             if alloc.capacity(cands - spare, full) >= need:
                 picked = alloc.take(cands - spare, need, near=current, full_cores=full)

@@ -9,7 +9,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from cri_resmgr import policy as registry
-from cri_resmgr.errors import PolicyError
+from cri_resmgr.errors import AllocationError, PolicyError
 from cri_resmgr.policy.base import EXCLUSIVE, PRESERVED, RESERVED, SHARED, Container, Placement, Pod
 from cri_resmgr.policy.static import StaticPolicy
 from cri_resmgr.resources import synthetic
@@ -223,3 +223,29 @@ def test_switch_to_and_from_none(desktop: Topology) -> None:
     fresh = registry.create("static", desktop, CPUSet.of(0), {})
     assert not fresh.restore([]).updates
     assert fresh.placements() == {}
+
+
+def test_isolated_cpus_are_handed_out_while_the_pool_is_in_its_fallback(tmp_path: Path) -> None:
+    """Exclusive containers adopted on every shared CPU leave the pool empty (it falls
+    back to the reserved CPUs); a request that isolated CPUs can serve must still get
+    them, in the restore and afterwards, and not crash on the empty pool."""
+    t = load(
+        synthetic.write_sysfs(tmp_path, cores_per_node=4, threads_per_core=1, isolated="3").root
+    )
+    owned = CPUSet.of(1, 2)
+    entries: List[Entry] = [
+        ("a", P, exclusive("a", 2), Placement(owned, cpu_class=EXCLUSIVE, exclusive=owned)),
+        ("s", P, burstable("s"), Placement(CPUSet.of(0), cpu_class=SHARED, pool="shared")),
+        # asks for a CPU of its own now: re-placed, on the isolated CPU
+        ("b", P, exclusive("b", 1), Placement(CPUSet.of(0), cpu_class=SHARED, pool="shared")),
+    ]
+    p = StaticPolicy(t, CPUSet.of(0), {"strict-reservation": True})
+    d = p.restore(entries)
+    assert p.exclusive_cpus() == {"a": owned, "b": CPUSet.of(3)}
+    assert d.updates["b"].cpus == CPUSet.of(3)
+    assert p.shared_pool == CPUSet.of(0)  # the fallback: the reserved CPUs
+    p.release("b")
+    placement = p.allocate("c", P, exclusive("c", 1)).placement
+    assert placement is not None and placement.exclusive == CPUSet.of(3)
+    with pytest.raises(AllocationError):  # no CPU left at all: an error, not a crash
+        p.allocate("d", P, exclusive("d", 1))
