@@ -69,6 +69,7 @@ __all__ = [
     "Problem",
     "SECTIONS",
     "Setting",
+    "after_reload",
     "default_config",
     "diff_live",
     "load",
@@ -1069,6 +1070,43 @@ class Config:
             lines.append(f"# from {setting.source}")
             lines.append(f"{key} = {ktype.format(setting.value)}".rstrip())
         return "\n".join(lines) + "\n"
+
+
+def after_reload(old: Config, new: Config) -> Tuple[Config, List[Change], List[Change]]:
+    """What a reload puts in force: (effective config, live changes, restart changes).
+
+    The effective configuration is ``new`` with every key that needs a restart kept at
+    its running (``old``) value, so what the service reports and applies is what is in
+    effect; the restart changes are what the next start will pick up. A change to the
+    balloon types that needs a restart keeps all the running types.
+    """
+    live, restart = diff_live(old, new)
+    if not restart:
+        return new, live, restart
+    settings = dict(new.settings)
+    names = new.balloon_type_names
+    if any(
+        c.section.startswith(_BALLOON_TYPE_PREFIX) or c.section == BALLOON_TYPE_SECTION
+        for c in restart
+    ):
+        settings = {k: v for k, v in settings.items() if not k[0].startswith(_BALLOON_TYPE_PREFIX)}
+        settings.update(
+            (k, v) for k, v in old.settings.items() if k[0].startswith(_BALLOON_TYPE_PREFIX)
+        )
+        names = old.balloon_type_names
+    for change in restart:
+        key = (change.section, change.key)
+        if key in old.settings:
+            settings[key] = old.settings[key]
+        else:
+            settings.pop(key, None)
+    effective = Config(
+        config_dir=new.config_dir,
+        files=new.files,
+        settings=MappingProxyType(settings),
+        balloon_type_names=names,
+    )
+    return effective, live, restart
 
 
 def diff_live(old: Config, new: Config) -> Tuple[List[Change], List[Change]]:

@@ -80,7 +80,9 @@ socket_path = sockets.socket_path
 ConnectedCb = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-async def start_unix_server(cb: ConnectedCb, path: str, mode: int) -> asyncio.base_events.Server:
+async def start_unix_server(
+    cb: ConnectedCb, path: str, mode: int, key: str = ""
+) -> asyncio.base_events.Server:
     """Serve `cb` on unix socket `path` with permission bits `mode`.
 
     The socket is bound under a temporary name in the same directory, chmod-ed, listening
@@ -92,7 +94,12 @@ async def start_unix_server(cb: ConnectedCb, path: str, mode: int) -> asyncio.ba
         return await asyncio.start_unix_server(cb, sock=sock, limit=MAX_REQUEST)
 
     return await sockets.listen(
-        path, mode, serve, backlog=64, hint="is another cri-resmgr running with the same sockets?"
+        path,
+        mode,
+        serve,
+        backlog=64,
+        hint="is another cri-resmgr running with the same sockets?",
+        key=key,
     )
 
 
@@ -288,7 +295,9 @@ class ControlServer:
         self.served = 0  # requests answered
 
     async def start(self) -> None:
-        self._server = await start_unix_server(self._connection, self.path, self.mode)
+        self._server = await start_unix_server(
+            self._connection, self.path, self.mode, key="[relay] control-socket"
+        )
         log.info("control endpoint listening on %s", self.path)
 
     async def stop(self) -> None:

@@ -621,7 +621,9 @@ class MetricsServer:
         kind, where = parse_listen(self.listen)
         if kind == "unix":
             self._path = where
-            self._server = await control.start_unix_server(self._connection, where, self.unix_mode)
+            self._server = await control.start_unix_server(
+                self._connection, where, self.unix_mode, key="[metrics] listen"
+            )
         else:
             host, port = where
             self._server = await control.start_tcp_server(self._connection, host, port)

@@ -1264,6 +1264,7 @@ class Relay:
             serve,
             owner_of=owner_of,
             hint="is cri-resmgr already running? stop it or choose another -relay-socket",
+            key="[relay] socket (-relay-socket)",
         )
         log.info(
             "relay listening on %s, forwarding to %s%s",

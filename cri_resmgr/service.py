@@ -19,9 +19,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from cri_resmgr import config as cfg
 from cri_resmgr import logs, relay
@@ -112,6 +113,8 @@ class Service:
         self.stopping: Optional[asyncio.Event] = None
         self.lock = InstanceLock(config.get("relay", "socket"))
         self._cancel_wait = threading.Event()
+        self._reload_lock: Optional[asyncio.Lock] = None  # made on the loop (python 3.9)
+        self._tasks: Set[asyncio.Task] = set()
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         # status endpoint and metrics: see _start_endpoints
         self.call_stats: Any = None
@@ -124,6 +127,7 @@ class Service:
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self.lock.acquire()
         try:
             self._install_signals()
@@ -133,11 +137,15 @@ class Service:
                 self.config.policy_name,
                 self.config.get("runtime", "runtime-socket"),
             )
-            if not await self._start():
-                return 0  # stopped while waiting for the runtime
-            sd_notify("READY=1")
-            log.info("ready: kubelet can use unix://%s", self.config.get("relay", "socket"))
-            await self.stopping.wait()
+            try:
+                started = await self._start()
+            except BaseException:
+                await self._shutdown()  # what did start (dump process, hooks) ends too
+                raise
+            if started:
+                sd_notify("READY=1")
+                log.info("ready: kubelet can use unix://%s", self.config.get("relay", "socket"))
+                await self.stopping.wait()
             sd_notify("STOPPING=1")
             await self._shutdown()
             return 0
@@ -155,6 +163,8 @@ class Service:
         except _Cancelled:
             return False
         await loop.run_in_executor(None, self._build_policy)
+        if self.stopping is not None and self.stopping.is_set():
+            return False  # stopped during restore/resync: never open the socket
         self.dump = self._build_dump()
         observers = [o for o in (self.dump, self.call_stats) if o is not None]
         hooks = self.hooks.table() if self.hooks is not None else {}
@@ -230,7 +240,7 @@ class Service:
         handlers: Dict[int, Callable[[], None]] = {
             signal.SIGTERM: self.stop,
             signal.SIGINT: self.stop,
-            signal.SIGHUP: lambda: loop.create_task(self.reload()),
+            signal.SIGHUP: self._on_sighup,
             signal.SIGUSR1: self._toggle_debug,
             signal.SIGUSR2: self._dump_summary,
         }
@@ -251,20 +261,40 @@ class Service:
         if self.dump is not None:
             self.dump.write_summary()
 
+    def _on_sighup(self) -> None:
+        """Keep the task (its errors are logged) and run reloads one after the other."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def reload(self) -> None:
-        """SIGHUP: validate the whole new configuration, then apply what can change live."""
-        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        """SIGHUP: validate the whole new configuration, then apply what can change live.
+
+        Keys that need a restart keep their running values (and are reported); an
+        invalid configuration changes nothing. systemd hears READY=1 in every case.
+        """
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                await self._reload()
+            except Exception:  # noqa: BLE001 - a failed reload must not end the service
+                log.exception("reload failed; the running configuration stays in force")
+            finally:
+                sd_notify("READY=1")
+
+    async def _reload(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            new = cfg.load(self.config.config_dir, self.overrides)
-            if self.hooks is not None and new.policy_name == self.config.policy_name:
-                self._check_policy(new)  # e.g. balloon types that no longer fit
+            new = await loop.run_in_executor(None, cfg.load, self.config.config_dir, self.overrides)
+            effective, live, restart = cfg.after_reload(self.config, new)
+            if self.hooks is not None:  # e.g. balloon types that no longer fit
+                await loop.run_in_executor(None, self._check_policy, effective)
         except ConfigError as exc:
             log.error("reload: configuration rejected, keeping the running one:\n%s", exc)
             if self.dump is not None:
                 self.dump.reopen()
-            sd_notify("READY=1")
             return
-        live, restart = cfg.diff_live(self.config, new)
         for change in restart:
             log.warning(
                 "reload: [%s] %s changed (%s -> %s): needs a restart; keeping %s",
@@ -274,11 +304,10 @@ class Service:
                 change.new,
                 change.old,
             )
-        await self._apply_live(new, live)
+        await self._apply_live(effective, live)
         self.pending_restart = list(restart)
-        self.config = new
+        self.config = effective
         log.info("reload: %d live changes applied, %d need a restart", len(live), len(restart))
-        sd_notify("READY=1")
 
     async def _apply_live(self, new: cfg.Config, live: List[cfg.Change]) -> None:
         sections = {c.section for c in live}
@@ -294,6 +323,7 @@ class Service:
                     )
             else:
                 self.dump.reopen()  # every SIGHUP: logrotate moved the file away
+        # `new` is the effective config: its policy name is the running policy's
         policy_section = f"policy.{new.policy_name}"
         if self.hooks is not None and policy_section in sections:
             options = new.policy_options(new.policy_name)
@@ -306,13 +336,16 @@ class Service:
         """The control socket (always) and the metrics endpoint (``[metrics] listen``).
 
         Neither is worth failing the relay for: a problem is logged and the service runs
-        without that endpoint. `call_stats` (a relay observer) and `metrics` (what hooks
-        and the service feed: decision, state_write, resync) exist either way.
+        without that endpoint. `call_stats` (a relay observer) exists either way;
+        `metrics` (what hooks and the service feed: decision, state_write, resync) only
+        with ``[metrics] listen``.
         """
         from cri_resmgr import control, metrics, status  # noqa: PLC0415
 
-        self.call_stats = metrics.CallStats()
-        self.metrics = metrics.Metrics(self.call_stats, service=self)
+        self.call_stats = metrics.CallStats()  # for `cri-resmgr status`, always
+        listen = self.config.get("metrics", "listen")
+        # The Prometheus side (and what hooks feed it) only when it is served.
+        self.metrics = metrics.Metrics(self.call_stats, service=self) if listen else None
         server = control.ControlServer(
             self.config.get("relay", "control-socket"), status.Source(self).handlers()
         )
@@ -321,8 +354,7 @@ class Service:
             self.control = server
         except (Error, OSError) as exc:
             log.error("no status endpoint (cri-resmgr status will not work): %s", exc)
-        listen = self.config.get("metrics", "listen")
-        if listen:
+        if listen and self.metrics is not None:
             exporter = metrics.MetricsServer(listen, self.metrics)
             try:
                 await exporter.start()
@@ -339,13 +371,18 @@ class Service:
     # -- shutdown
 
     async def _shutdown(self) -> None:
+        """Reverse order of start: relay (in-flight calls get the grace period), then
+        hooks (final state save), then the dump; blocking parts off the event loop."""
         grace = float(self.config.get("relay", "grace-period"))
+        # systemd's TimeoutStopSec may be shorter than a long grace period
+        sd_notify(f"EXTEND_TIMEOUT_USEC={int((grace + 30) * 1e6)}")
+        loop = asyncio.get_running_loop()
         if self.relay is not None:
             await self.relay.stop(grace)
         if self.hooks is not None:
-            self.hooks.close()
+            await loop.run_in_executor(None, self.hooks.close)
         if self.dump is not None:
-            self.dump.stop()
+            await loop.run_in_executor(None, self.dump.stop)
         log.info("stopped")
 
 
@@ -364,6 +401,7 @@ def _daemonize(config: cfg.Config) -> Any:
     stream = os.fdopen(fd, "a", buffering=1)
     pid_file = config.get("daemon", "pid-file")
     os.makedirs(os.path.dirname(pid_file), exist_ok=True)
+    _check_pid_file(pid_file)  # before detaching: the caller still gets the error
     context = daemon.DaemonContext(
         pidfile=daemon.pidfile.TimeoutPIDLockFile(pid_file, acquire_timeout=1),
         stdout=stream,
@@ -372,13 +410,44 @@ def _daemonize(config: cfg.Config) -> Any:
         umask=0o022,
         detach_process=True,
     )
-    context.open()
+    try:
+        context.open()
+    except Exception as exc:  # lockfile.LockTimeout, AlreadyLocked, OSError
+        raise ServiceError(
+            f"cannot take the pid file {pid_file} ([daemon] pid-file, -pid-file): "
+            f"{type(exc).__name__}: {exc}; is another cri-resmgr -daemon running?"
+        ) from None
     return context
+
+
+def _check_pid_file(path: str) -> None:
+    """Refuse when `path` names a live process; remove it when that process is gone."""
+    import lockfile.pidlockfile  # noqa: PLC0415 - only for -daemon
+
+    pid = lockfile.pidlockfile.read_pid_from_pidfile(path)
+    if pid is None:
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        log.warning("removing stale pid file %s (process %d is gone)", path, pid)
+        lockfile.pidlockfile.remove_existing_pidfile(path)
+        return
+    except PermissionError:
+        pass  # alive, someone else's
+    raise ServiceError(
+        f"pid file {path} ([daemon] pid-file, -pid-file) names process {pid}, which is "
+        "running: is another cri-resmgr -daemon running? stop it or choose another pid file"
+    )
 
 
 def run(config: cfg.Config, overrides: Overrides, daemon: bool = False) -> int:
     """Run the service until stopped; the exit status for the process."""
-    context = _daemonize(config) if daemon else None
+    try:
+        context = _daemonize(config) if daemon else None
+    except Error as exc:
+        print(f"cri-resmgr: {exc}", file=sys.stderr)
+        return 1
     logging_ = logs.Logging()
     logging_.configure(config.get("log", "level"), config.get("log", "debug"))
     try:

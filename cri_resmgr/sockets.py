@@ -24,8 +24,16 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class SocketInUse(errors.Error):
+class SocketError(errors.Error):
+    """A socket cannot be listened on where we were told to (the message says why)."""
+
+
+class SocketInUse(SocketError):
     """Another live server listens where we were told to listen (or it is not a socket)."""
+
+
+#: Longest path a unix socket can be bound to (sun_path is 108 bytes with the NUL).
+MAX_PATH = 107
 
 
 def socket_path(address: str) -> str:
@@ -79,19 +87,32 @@ async def listen(
     owner_of: Optional[str] = None,
     backlog: int = 1024,
     hint: str = "",
+    key: str = "",
 ) -> T:
     """Listen on unix socket `address` with permission bits `mode`; returns `serve(sock)`.
 
     `serve` gets the bound, listening socket and starts serving it (e.g.
     ``loop.create_unix_server(..., sock=sock)``); only then is the socket renamed into
     place. `owner_of`: copy that file's owner and group (the runtime socket's, so the
-    same group of users can reach both); failing to is logged, not fatal.
+    same group of users can reach both); failing to is logged, not fatal. `key` names
+    the setting the path comes from (``[relay] socket``), for error messages.
     """
     path = socket_path(address)
+    where = f" (set by {key})" if key else ""
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    # The temporary name is short and fixed-size, so the limit is the final path's.
+    tmp = os.path.join(directory, f".{os.getpid()}-{abs(hash(path)) % 100000}.sock")
+    longest = max(len(os.fsencode(path)), len(os.fsencode(tmp)))
+    if longest > MAX_PATH:
+        raise SocketError(
+            f"unix socket path {path}{where} is too long: {longest} bytes with the "
+            f"temporary name used while setting it up; at most {MAX_PATH} are allowed"
+        )
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SocketError(f"cannot create {directory} for {path}{where}: {exc.strerror}") from None
     check_stale(path, hint)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     remove(tmp)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -106,6 +127,10 @@ async def listen(
         sock.listen(backlog)
         served = await serve(sock)
         os.rename(tmp, path)
+    except OSError as exc:
+        sock.close()
+        remove(tmp)
+        raise SocketError(f"cannot listen on {path}{where}: {exc.strerror or exc}") from None
     except BaseException:
         sock.close()
         remove(tmp)

@@ -249,7 +249,9 @@ class Source:
             "containers": containers_json(policy_status),
             "pools": pools_json(policy_status.get("pools", {})),
             "topology": topology,
-            "calls": stats.snapshot() if stats is not None else None,
+            "calls": await loop.run_in_executor(None, stats.snapshot)
+            if stats is not None
+            else None,  # a few ms with many methods: not on the relay's loop
             "dump": dump.stats() if dump is not None and hasattr(dump, "stats") else None,
             "metrics": {"listen": metrics_server.address()} if metrics_server is not None else None,
         }

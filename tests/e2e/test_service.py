@@ -93,3 +93,52 @@ def test_daemon_mode_detaches_with_a_pid_file(relay_factory, runtime) -> None:
     _wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="daemon exit")
     assert not os.path.exists(relay.socket)
     assert not pid_file.exists()
+
+
+def test_reload_switching_policy_keeps_the_running_one(relay_factory) -> None:
+    """The policy name needs a restart; the new policy's (live) options must not be
+    given to the running policy, and status must go on naming the running one."""
+    from cri_resmgr import control  # noqa: PLC0415
+
+    relay = relay_factory(start=False)
+    conf = relay.config_dir / "10.conf"
+    conf.write_text("[policy]\nname = static\nreserved-cpus = 0\n")
+    relay.start()
+    conf.write_text(
+        "[policy]\nname = topology-aware\nreserved-cpus = 0\n"
+        "[policy.topology-aware]\npin-memory = false\n"
+        "[policy.static]\non-error = pass\n"
+    )
+    relay.signal(signal.SIGHUP)
+    _wait_for(lambda: "reload: " in relay.log_text() and "need a restart" in relay.log_text())
+    log = relay.log_text()
+    assert "reload failed" not in log and "Traceback" not in log
+    assert "[policy] name changed" in log
+    doc = control.request(str(relay.workdir / "cri-resmgr-control.sock"), "status")
+    assert doc["policy"]["name"] == "static"
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        assert co.call(ch, "Version").runtime_name == "containerd"
+
+
+def test_second_daemon_is_refused_with_the_pid_file_named(relay_factory, tmp_path) -> None:
+    relay = relay_factory(start=False)
+    pid_file = tmp_path / "held.pid"
+    # Someone holds the pid file lock (the lockfile package: a PID file plus a link).
+    import lockfile.pidlockfile  # noqa: PLC0415
+
+    holder = lockfile.pidlockfile.PIDLockFile(str(pid_file))
+    holder.acquire()
+    try:
+        cmd = relay.command() + [
+            "-daemon",
+            f"-pid-file={pid_file}",
+            f"-log-file={tmp_path / 'd.log'}",
+        ]
+        out = subprocess.run(
+            cmd, env=relay.env, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        holder.release()
+    assert out.returncode == 1
+    assert str(pid_file) in out.stderr and "[daemon] pid-file" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -875,6 +875,37 @@ def test_diff_live(tmp_path: Path) -> None:
     assert len(back_live) == 3 and len(back_restart) == len(restart)
 
 
+def test_after_reload_keeps_restart_keys_running(tmp_path: Path) -> None:
+    """A reload that switches the policy (restart-only) while changing the new policy's
+    options (live keys): the effective config keeps the running policy, and its options."""
+    old = load(str(tmp_path), {("policy", "name"): "static"})
+    new = load(
+        str(tmp_path),
+        {
+            ("policy", "name"): "topology-aware",
+            ("policy.topology-aware", "pin-memory"): "false",
+            ("policy.static", "on-error"): "pass",
+            ("relay", "socket"): "/run/other.sock",
+            ("log", "level"): "debug",
+            ("policy.balloons.type.web", "min-cpus"): "1",
+        },
+    )
+    effective, live, restart = cfg.after_reload(old, new)
+    assert effective.policy_name == "static"
+    assert effective.get("relay", "socket") == old.get("relay", "socket")
+    assert effective.get("relay", "control-socket") == old.get("relay", "control-socket")
+    assert effective.get("log", "level") == "debug"  # live: applied
+    assert effective.get("policy.static", "on-error") == "pass"  # the running policy's
+    assert effective.balloon_type_names == ()  # new types wait for the restart
+    assert {(c.section, c.key) for c in restart} >= {("policy", "name"), ("relay", "socket")}
+    assert ("policy.topology-aware", "pin-memory") in {(c.section, c.key) for c in live}
+    again, live2, restart2 = cfg.after_reload(effective, new)  # the next reload
+    assert again.policy_name == "static" and ("policy", "name") in {
+        (c.section, c.key) for c in restart2
+    }
+    assert cfg.after_reload(old, old)[0] is old
+
+
 def test_diff_live_balloon_order(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
