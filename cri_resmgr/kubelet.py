@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -94,6 +95,37 @@ _ENDPOINT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'#\\,{}\[\]]+")
 class KubeletConfigError(Error):
     """Kubelet's configuration cannot be read or changed as asked; the message names the
     file (and line) at fault and what to do."""
+
+
+def _os_error(exc: OSError, verb: str, shown: str) -> KubeletConfigError:
+    """A KubeletConfigError for a failed file operation: which path, the OS error, and
+    what to do about it."""
+    if exc.errno == errno.ENOENT:
+        hint = (
+            "it changed while the command ran (kubeadm, or another `cri-resmgr kubelet`?); "
+            "run the command again"
+        )
+    else:
+        hint = "run as root, or use --root for a directory tree"
+    return KubeletConfigError(f"cannot {verb} {shown}: {exc.strerror or exc}; {hint}")
+
+
+def _file_mode(host: str, shown: str) -> int:
+    """The permission bits of a file (symlinks followed)."""
+    try:
+        return os.stat(host).st_mode & 0o7777
+    except OSError as exc:
+        raise _os_error(exc, "read the mode of", shown) from exc
+
+
+def _remove(host: str, shown: str) -> None:
+    """Remove a file; one that is gone already is fine."""
+    try:
+        os.unlink(host)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise _os_error(exc, "remove", shown) from exc
 
 
 # --- small text helpers ----------------------------------------------------------------
@@ -860,8 +892,7 @@ class KubeletWiring:
     def _save_manifest(self, manifest: Dict[str, Any]) -> None:
         path = self._backup_host(MANIFEST_NAME)
         if not manifest["files"]:
-            if os.path.exists(path):
-                os.unlink(path)
+            _remove(path, posixpath.join(self.backup_dir, MANIFEST_NAME))
             self._prune_backup_dirs()
             return
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
@@ -935,7 +966,12 @@ class KubeletWiring:
         scan = _Scan(self.root)
         rep = self._report("status", scan)
         self._fill_state(rep, scan)
-        self._saved_state(rep)
+        try:
+            self._saved_state(rep)
+        except KubeletConfigError as exc:
+            # Where kubelet's endpoint points does not depend on the backups: answer that
+            # (removal scripts rely on it) and report the damaged manifest.
+            rep.warnings.append(f"{exc} (`disable` cannot restore from it)")
         self._warn(rep, scan)
         for s in rep.found:
             if (
@@ -1132,9 +1168,7 @@ class KubeletWiring:
                     "path": ch.path,
                     "format": ch.fmt,
                     "existed": base is not None,
-                    "mode": os.stat(scan.host(ch.path)).st_mode & 0o7777
-                    if ch.old is not None
-                    else None,
+                    "mode": _file_mode(scan.host(ch.path), ch.path) if ch.old is not None else None,
                     "backup": posixpath.join("files", ch.path.lstrip("/"))
                     if base is not None
                     else None,
@@ -1155,7 +1189,7 @@ class KubeletWiring:
         for ch in changes:
             mode = None
             if ch.old is not None:
-                mode = os.stat(scan.host(ch.path)).st_mode & 0o7777
+                mode = _file_mode(scan.host(ch.path), ch.path)
             _write_atomic(self._host(ch.path), (ch.new or "").encode("utf-8"), mode, ch.path)
             log.info("kubelet: wrote %s", ch.path)
 
@@ -1229,21 +1263,20 @@ class KubeletWiring:
         for ch in changes:
             target = self._host(ch.path)
             if ch.new is None:
-                os.unlink(target)
+                _remove(target, ch.path)
                 log.info("kubelet: removed %s", ch.path)
                 continue
             if ch.old is not None:
-                mode = os.stat(scan.host(ch.path)).st_mode & 0o7777
+                mode = _file_mode(scan.host(ch.path), ch.path)
             else:
                 mode = records[ch.path].get("mode")
             _write_atomic(target, ch.new.encode("utf-8"), mode, ch.path)
             log.info("kubelet: restored %s", ch.path)
         for rec in manifest["files"]:
             if rec not in kept and rec.get("backup"):
-                try:
-                    os.unlink(self._backup_host(rec["backup"]))
-                except FileNotFoundError:
-                    pass
+                _remove(
+                    self._backup_host(rec["backup"]), posixpath.join(self.backup_dir, rec["backup"])
+                )
         manifest["files"] = kept
         self._save_manifest(manifest)
 
@@ -1364,27 +1397,42 @@ def _write_atomic(host_path: str, data: bytes, mode: Optional[int], shown: str) 
 # --- command line ----------------------------------------------------------------------
 
 
+EndpointResolver = Callable[[str, Optional[str]], str]
+"""``(root, config_dir) -> endpoint``: the relay endpoint when ``--endpoint`` is not
+given; ``config_dir`` is the ``--config-dir`` value or None (the caller decides the
+default, normally ``/etc/cri-resmgr`` under the root)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cri-resmgr kubelet",
         description=(
             "Point kubelet at the cri-resmgr relay (enable), restore what enable changed "
-            "(disable), or show where kubelet's runtime endpoint is set (status)."
+            "(disable), show where kubelet's runtime endpoint is set (status), or print the "
+            "relay endpoint the other actions use (endpoint)."
         ),
         epilog=(
             "Exit status: 0 done (status: kubelet points at the relay), 1 error or not all "
             "restored, 2 usage, 3 status: kubelet does not point at the relay."
         ),
     )
-    p.add_argument("action", choices=("enable", "disable", "status"))
+    p.add_argument("action", choices=("enable", "disable", "status", "endpoint"))
     p.add_argument(
         "--root", default="/", metavar="DIR", help="directory that is / for kubelet (default: /)"
     )
     p.add_argument(
         "--endpoint",
-        default=RELAY_ENDPOINT,
+        default=None,
         metavar="URL",
-        help=f"relay endpoint (default: {RELAY_ENDPOINT})",
+        help="relay endpoint (default: unix:// and [relay] socket of the cri-resmgr "
+        f"configuration, {RELAY_ENDPOINT} unless configured otherwise)",
+    )
+    p.add_argument(
+        "--config-dir",
+        default=None,
+        metavar="DIR",
+        help="the cri-resmgr configuration that names the relay socket when --endpoint is "
+        "not given (default: /etc/cri-resmgr under --root)",
     )
     p.add_argument(
         "--backup-dir",
@@ -1403,16 +1451,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``cri-resmgr kubelet ACTION [options]``; argv excludes the ``kubelet`` word."""
+def main(
+    argv: Optional[Sequence[str]] = None, default_endpoint: Optional[EndpointResolver] = None
+) -> int:
+    """``cri-resmgr kubelet ACTION [options]``; argv excludes the ``kubelet`` word.
+
+    ``default_endpoint`` gives the relay endpoint when ``--endpoint`` is not given
+    (``cli`` passes one that reads the cri-resmgr configuration); without it,
+    `RELAY_ENDPOINT`."""
     parser = _parser()
     args = parser.parse_args(argv)
     if args.force and args.action != "disable":
         parser.error("--force applies to disable only")
-    if args.dry_run and args.action == "status":
+    if args.dry_run and args.action not in ("enable", "disable"):
         parser.error("--dry-run applies to enable and disable only")
     try:
-        wiring = KubeletWiring(root=args.root, endpoint=args.endpoint, backup_dir=args.backup_dir)
+        endpoint = args.endpoint
+        if endpoint is None:
+            if default_endpoint is not None:
+                endpoint = default_endpoint(args.root, args.config_dir)
+            else:
+                endpoint = RELAY_ENDPOINT
+        wiring = KubeletWiring(root=args.root, endpoint=endpoint, backup_dir=args.backup_dir)
+        if args.action == "endpoint":
+            print(wiring.endpoint)
+            return 0
         if args.action == "enable":
             rep = wiring.enable(dry_run=args.dry_run)
         elif args.action == "disable":
@@ -1421,6 +1484,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             rep = wiring.status()
     except Error as exc:
         print(f"cri-resmgr kubelet: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # Every file operation above is meant to raise KubeletConfigError; this is the
+        # last resort, so that a user still learns which path and what to do.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"cri-resmgr kubelet: error: {where}{exc.strerror or exc}; run as root, or use "
+            "--root for a directory tree",
+            file=sys.stderr,
+        )
         return 1
     print(rep)
     if not rep.ok:

@@ -788,3 +788,158 @@ def test_same_endpoint() -> None:
     assert same_endpoint("/run/x.sock", "unix:///var/run/x.sock")
     assert not same_endpoint("", RELAY_ENDPOINT)
     assert not same_endpoint("unix:///run/a.sock", "unix:///run/b.sock")
+
+
+# --- a damaged backup must not hide that kubelet uses the relay ----------------------------
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", '{"version": 99, "files": []}', "\xff\xfe"],
+    ids=["json", "version", "bytes"],
+)
+def test_status_with_damaged_manifest_still_answers(
+    tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Removal scripts ask `status` whether kubelet uses the relay; a damaged
+    manifest.json used to make it exit 1, which they took as "does not point"."""
+    kubeadm_tree(tmp_path)
+    w = KubeletWiring(root=str(tmp_path))
+    w.enable()
+    manifest = tmp_path / DEFAULT_BACKUP_DIR.lstrip("/") / "manifest.json"
+    manifest.write_bytes(damage.encode("latin-1"))
+    st = w.status()
+    assert st.points_at_relay and st.ok, str(st)
+    assert any("manifest.json" in x and "disable" in x for x in st.warnings), st.warnings
+    assert kubelet.main(["status", "--root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "kubelet points at the relay" in out and "warning: " in out
+    # disable cannot restore from it: an error, kubelet untouched.
+    assert kubelet.main(["disable", "--root", str(tmp_path)]) == 1
+    assert "manifest.json" in capsys.readouterr().err
+    assert RELAY_ENDPOINT in read(tmp_path, FLAGS_ENV)
+
+
+def test_status_with_damaged_manifest_not_pointing(tmp_path: Path) -> None:
+    kubeadm_tree(tmp_path)
+    manifest = tmp_path / DEFAULT_BACKUP_DIR.lstrip("/") / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{")
+    st = KubeletWiring(root=str(tmp_path)).status()
+    assert not st.points_at_relay and st.warnings
+    assert kubelet.main(["status", "--root", str(tmp_path)]) == 3
+
+
+# --- the relay endpoint: --endpoint, else what the caller resolves -------------------------
+
+
+def test_main_endpoint_resolver(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    seen = []
+
+    def resolve(root: str, config_dir: Optional[str]) -> str:
+        seen.append((root, config_dir))
+        return "unix:///run/cri-resmgr/other.sock"
+
+    kubeadm_tree(tmp_path)
+    root = ["--root", str(tmp_path)]
+    assert kubelet.main(["endpoint", *root], default_endpoint=resolve) == 0
+    assert capsys.readouterr().out == "unix:///run/cri-resmgr/other.sock\n"
+    assert kubelet.main(["enable", *root, "--config-dir", "/c"], default_endpoint=resolve) == 0
+    assert seen == [(str(tmp_path), None), (str(tmp_path), "/c")]
+    assert "unix:///run/cri-resmgr/other.sock" in read(tmp_path, FLAGS_ENV)
+    # --endpoint wins; the resolver is not asked.
+    assert kubelet.main(["endpoint", "--endpoint", "unix:///x.sock"], default_endpoint=resolve) == 0
+    assert capsys.readouterr().out.endswith("unix:///x.sock\n") and len(seen) == 2
+    # Without a resolver: the built-in default.
+    assert kubelet.main(["endpoint"]) == 0
+    assert capsys.readouterr().out == RELAY_ENDPOINT + "\n"
+    with pytest.raises(SystemExit):
+        kubelet.main(["endpoint", "--dry-run"])
+
+
+# --- OS errors name the path (main catches only errors.Error) -----------------------------
+
+
+def _fail_for(monkeypatch: pytest.MonkeyPatch, name: str, target: Path, err: int) -> None:
+    real = getattr(os, name)
+
+    def fake(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fspath(path) == str(target):
+            raise OSError(err, os.strerror(err), os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, fake)
+
+
+def test_unlink_error_on_disable_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """disable removes a file enable created: EACCES is an error naming it."""
+    kubeadm_tree(tmp_path, **{FLAGS_ENV: KUBEADM_FLAGS_NO_ENDPOINT})
+    os.unlink(tmp_path / DEFAULT_KUBELET.lstrip("/"))
+    w = KubeletWiring(root=str(tmp_path))
+    assert w.enable().created == [DEFAULT_KUBELET]
+    _fail_for(monkeypatch, "unlink", tmp_path / DEFAULT_KUBELET.lstrip("/"), 13)
+    with pytest.raises(KubeletConfigError, match=f"cannot remove {DEFAULT_KUBELET}: .*run as root"):
+        w.disable()
+
+
+def test_unlink_error_on_manifest_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeadm_tree(tmp_path)
+    KubeletWiring(root=str(tmp_path)).enable()
+    manifest = tmp_path / DEFAULT_BACKUP_DIR.lstrip("/") / "manifest.json"
+    _fail_for(monkeypatch, "unlink", manifest, 30)  # EROFS
+    assert kubelet.main(["disable", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot remove {DEFAULT_BACKUP_DIR}/manifest.json: Read-only file system" in err
+    assert "Traceback" not in err
+
+
+def test_backup_unlink_error_names_the_saved_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kubeadm_tree(tmp_path)
+    w = KubeletWiring(root=str(tmp_path))
+    w.enable()
+    saved = tmp_path / DEFAULT_BACKUP_DIR.lstrip("/") / "files" / FLAGS_ENV.lstrip("/")
+    _fail_for(monkeypatch, "unlink", saved, 1)  # EPERM (immutable)
+    with pytest.raises(KubeletConfigError, match=f"cannot remove {DEFAULT_BACKUP_DIR}/files"):
+        w.disable()
+
+
+@pytest.mark.parametrize("action", ["enable", "disable"])
+def test_file_gone_between_scan_and_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """os.stat of a file that vanished after the scan (kubeadm ran meanwhile): an error
+    naming it and saying to run the command again, not a traceback."""
+    kubeadm_tree(tmp_path)
+    w = KubeletWiring(root=str(tmp_path))
+    if action == "disable":
+        w.enable()
+    target = tmp_path / FLAGS_ENV.lstrip("/")
+    real = KubeletWiring._note_changes
+
+    def remove_then_note(*args, **kwargs):  # type: ignore[no-untyped-def]
+        target.unlink()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(KubeletWiring, "_note_changes", staticmethod(remove_then_note))
+    with pytest.raises(
+        KubeletConfigError, match=f"read the mode of {FLAGS_ENV}: .*run the command again"
+    ):
+        getattr(w, action)()
+
+
+def test_main_reports_a_stray_oserror(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(self):  # type: ignore[no-untyped-def]
+        raise PermissionError(13, "Permission denied", "/var/lib/kubelet/x")
+
+    monkeypatch.setattr(KubeletWiring, "status", boom)
+    assert kubelet.main(["status", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "/var/lib/kubelet/x: Permission denied; run as root" in err
