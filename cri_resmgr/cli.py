@@ -151,10 +151,41 @@ def cmd_simulate(argv: Sequence[str]) -> int:
     return simulate.main(normalize_argv(argv))
 
 
-def cmd_kubelet(argv: Sequence[str]) -> int:
+def relay_endpoint(root: str, config_dir: Optional[str]) -> str:
+    """The relay endpoint the service serves: ``unix://`` + ``[relay] socket`` of the
+    configuration in ``config_dir`` (default: /etc/cri-resmgr under ``root``).
+
+    An invalid configuration is not an error here (`cri-resmgr kubelet disable` and
+    `status` must work while it is broken): a warning, and the default socket."""
     from cri_resmgr import kubelet  # noqa: PLC0415
 
-    return kubelet.main(normalize_argv(argv))
+    if config_dir is None:
+        config_dir = kubelet.host_path(root, cfg.DEFAULT_CONFIG_DIR)
+    try:
+        socket = cfg.load(config_dir).get("relay", "socket")
+    except (ConfigError, OSError) as exc:
+        default = cfg.default_config().get("relay", "socket")
+        if isinstance(exc, ConfigError):
+            why = (
+                f"it is not valid ({len(exc.problems)} problems; `{PROG} config check "
+                f"-config-dir {config_dir}` lists them)"
+            )
+        else:
+            why = f"{exc.filename or config_dir}: {exc.strerror or exc}"
+        print(
+            f"{PROG} kubelet: warning: cannot take the relay socket from the configuration "
+            f"in {config_dir}: {why}; using the default unix://{default}",
+            file=sys.stderr,
+        )
+        socket = default
+    return "unix://" + socket
+
+
+def cmd_kubelet(argv: Sequence[str]) -> int:
+    """`cri-resmgr kubelet ...`; without `--endpoint`, the configured relay socket."""
+    from cri_resmgr import kubelet  # noqa: PLC0415
+
+    return kubelet.main(normalize_argv(argv), default_endpoint=relay_endpoint)
 
 
 def cmd_status(argv: Sequence[str]) -> int:

@@ -133,3 +133,73 @@ def test_list_policies_prints_every_policy_and_its_manual(capsys) -> None:
         assert name in out
     assert "null" in out and "memtier" in out  # aliases
     assert "cpuManagerPolicy" in out or "exclusive" in out  # the manuals, not just names
+
+
+# --- `cri-resmgr kubelet`: the relay endpoint comes from the configuration ---------------
+
+KUBEADM_FLAGS = (
+    'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///run/containerd/containerd.sock"\n'
+)
+
+
+def _kubelet_tree(root: Path) -> None:
+    env = root / "var/lib/kubelet/kubeadm-flags.env"
+    env.parent.mkdir(parents=True)
+    env.write_text(KUBEADM_FLAGS)
+
+
+def test_kubelet_uses_the_configured_relay_socket(tmp_path: Path, capsys) -> None:
+    """Without --endpoint, `kubelet enable/status/endpoint` use [relay] socket of
+    /etc/cri-resmgr under --root; the default socket is then "not the relay"."""
+    _kubelet_tree(tmp_path)
+    conf = tmp_path / "etc/cri-resmgr"
+    conf.mkdir(parents=True)
+    (conf / "local.conf").write_text("[relay]\nsocket = /run/cri-resmgr/other.sock\n")
+    root = ["--root", str(tmp_path)]
+    assert cli.main(["kubelet", "endpoint", *root]) == 0
+    assert capsys.readouterr().out == "unix:///run/cri-resmgr/other.sock\n"
+    assert cli.main(["kubelet", "enable", *root]) == 0
+    flags = (tmp_path / "var/lib/kubelet/kubeadm-flags.env").read_text()
+    assert "=unix:///run/cri-resmgr/other.sock" in flags
+    assert cli.main(["kubelet", "status", *root]) == 0
+    assert (
+        cli.main(
+            ["kubelet", "status", *root, "-endpoint=unix:///var/run/cri-resmgr/cri-resmgr.sock"]
+        )
+        == 3
+    )
+    assert cli.main(["kubelet", "disable", *root]) == 0
+    assert (tmp_path / "var/lib/kubelet/kubeadm-flags.env").read_text() == KUBEADM_FLAGS
+
+
+def test_kubelet_config_dir_flag(tmp_path: Path, capsys) -> None:
+    """-config-dir (Go-style spelling too) names the configuration to read."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "a.conf").write_text("[relay]\nsocket = unix:///srv/relay.sock\n")
+    assert cli.main(["kubelet", "endpoint", "-config-dir", str(conf)]) == 0
+    assert capsys.readouterr().out == "unix:///srv/relay.sock\n"
+    assert cli.main(["kubelet", "endpoint", f"--config-dir={conf}", "--root", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "unix:///srv/relay.sock\n"
+
+
+def test_kubelet_defaults_without_configuration(tmp_path: Path, capsys) -> None:
+    assert cli.main(["kubelet", "endpoint", "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "unix:///var/run/cri-resmgr/cri-resmgr.sock\n"
+    assert captured.err == ""
+
+
+def test_kubelet_invalid_configuration_warns_and_uses_the_default(tmp_path: Path, capsys) -> None:
+    """A broken configuration must not stop `kubelet disable/status` (package removal
+    depends on them): a warning, then the default socket."""
+    _kubelet_tree(tmp_path)
+    conf = tmp_path / "etc/cri-resmgr"
+    conf.mkdir(parents=True)
+    (conf / "local.conf").write_text("[relay]\nsocket = relative.sock\n[nonsense\n")
+    assert cli.main(["kubelet", "endpoint", "--root", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "unix:///var/run/cri-resmgr/cri-resmgr.sock\n"
+    assert "warning: cannot take the relay socket from the configuration in" in captured.err
+    assert f"config check -config-dir {conf}" in captured.err
+    assert cli.main(["kubelet", "status", "--root", str(tmp_path)]) == 3
