@@ -64,7 +64,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-import cri_resmgr.policy.annotations as ann
 from cri_resmgr.errors import (
     AllocationError,
     ConfigError,
@@ -72,6 +71,7 @@ from cri_resmgr.errors import (
     PolicyError,
     Problem,
 )
+from cri_resmgr.policy import annotation_keys as ann
 from cri_resmgr.policy.allocator import CPUAllocator
 from cri_resmgr.policy.base import (
     PRESERVED,

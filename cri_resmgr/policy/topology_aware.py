@@ -4,7 +4,7 @@ This module owns `TopologyAwarePolicy`. The operator's manual is the class docst
 (``cri-resmgr -list-policies``, docs/policies.md); the pool tree is `pools.PoolTree`
 (root -> sockets -> dies -> NUMA nodes, memory-only nodes attached to the nearest CPU
 node); CPUs are picked by `allocator.CPUAllocator`; annotations are read with
-`annotations.Reader`. The design decisions worth knowing when changing the code:
+`annotation_keys.Reader`. The design decisions worth knowing when changing the code:
 
 * **Requests.** `_request` turns a container, its annotations and the options into a
   `Request`: a CPU class (reserved, exclusive, shared or preserved), the exclusive
@@ -40,7 +40,7 @@ node); CPUs are picked by `allocator.CPUAllocator`; annotations are read with
 * **Errors** leave the state as it was: a request is planned on a `_Snapshot` and
   committed only when it fits.
 * **Logging**: decisions at DEBUG with reasons; malformed annotations at WARNING,
-  one line per container placement (`annotations.Reader.report`); the hooks log the
+  one line per container placement (`annotation_keys.Reader.report`); the hooks log the
   INFO line per placement; `restore`/`reconfigure` log one INFO line per container
   they move.
 """
@@ -56,7 +56,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from cri_resmgr.errors import AllocationError, PolicyError
 from cri_resmgr.podspec import milli_cpu_to_shares
 from cri_resmgr.policy.allocator import CPUAllocator
-from cri_resmgr.policy.annotations import (
+from cri_resmgr.policy.annotation_keys import (
     CPU_PRESERVE,
     MEMORY_PRESERVE,
     PREFER_ISOLATED_CPUS,

@@ -1,12 +1,14 @@
-"""Annotation keys, the lookup order and the typed parsers (cri_resmgr.policy.annotations)."""
+"""Annotation keys, the lookup order and the typed parsers (cri_resmgr.policy.annotation_keys)."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 
-import cri_resmgr.policy.annotations as ann
+from cri_resmgr.policy import annotation_keys as ann
 from cri_resmgr.policy.base import Container
 
 D = "cri-resource-manager.intel.com"
@@ -140,3 +142,16 @@ def test_reader_for_container() -> None:
     r = ann.Reader.for_container(c)
     assert r.boolean(ann.CPU_PRESERVE, False) == (True, True)
     assert r.boolean(ann.MEMORY_PRESERVE, False) == (True, True)
+
+
+def test_the_package_import_gives_the_module() -> None:
+    """``from cri_resmgr.policy import annotation_keys`` in a fresh interpreter (where
+    nothing imported the module yet) is the module, not the ``__future__`` feature
+    that every module of the package binds as ``annotations``."""
+    code = (
+        "import types\n"
+        "from cri_resmgr.policy import annotation_keys\n"
+        "assert isinstance(annotation_keys, types.ModuleType), annotation_keys\n"
+        "assert annotation_keys.Reader\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

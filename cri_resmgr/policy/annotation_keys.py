@@ -27,10 +27,11 @@ caller's default applies then, and the caller reports the key and the value
 Units: none; values are strings. Nothing here raises except the parsers
 (`AnnotationError`, a `ValueError`).
 
-Import it as ``from cri_resmgr.policy.annotations import ...`` or ``import
-cri_resmgr.policy.annotations as ann``. ``from cri_resmgr.policy import annotations``
-gives the ``__future__`` feature that the package's ``__init__`` imports under the
-same name, unless this module happens to be imported already.
+The module is not called ``annotations``: every module of the package (its
+``__init__`` too) has ``from __future__ import annotations``, which binds that name,
+so ``from cri_resmgr.policy import annotations`` would give the ``__future__``
+feature instead of a module. ``from cri_resmgr.policy import annotation_keys`` is
+safe.
 """
 
 from __future__ import annotations
