@@ -55,6 +55,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import (
     Any,
+    Callable,
     Deque,
     Dict,
     Iterable,
@@ -378,6 +379,11 @@ class Hooks:
 
     # -- helpers
 
+    def _commit(self, info: Optional[CallInfo] = None) -> None:
+        """Push what is dirty, then save: what every change does before its reply."""
+        self._push(info)
+        self._save()
+
     def _save(self) -> None:
         try:
             self.state.save()
@@ -514,7 +520,7 @@ class Hooks:
                     labels.get(podspec.LABEL_POD_NAME, ""),
                     labels.get(podspec.LABEL_POD_NAMESPACE, ""),
                 )
-            if pod_id:
+            if pod_id and pod_id not in self._gone_pods:  # not a pod removed meanwhile
                 self.state.put_pod(pod)
             return pod
 
@@ -634,35 +640,35 @@ class Hooks:
         return ""
 
     def _bind(self, key: str, cid: str) -> None:
-        """The runtime created the container: its provisional key becomes its id."""
+        """The runtime created the container: its provisional key becomes its id.
+
+        One lock section from leaving the in-flight table to entering the state, so a
+        RemovePodSandbox (`_drop_pod`) sees the container on one side or the other."""
         with self._lock:
             inflight = self._inflight.pop(key)
-            if inflight.pod.id in self._gone_pods:
+            container = dataclasses.replace(inflight.container, id=cid)
+            gone = inflight.pod.id in self._gone_pods
+            if gone:
                 # RemovePodSandbox won the race: the runtime removed this container too
                 if inflight.placed:
-                    self._apply_updates(self.policy.release(key).updates, skip=key)
-                gone = True
+                    try:
+                        self._apply_updates(self.policy.release(key).updates, skip=key)
+                    except Exception:  # noqa: BLE001 - it is gone either way
+                        log.exception("policy %s failed to release %s", self.name, key)
             else:
-                gone = False
-        if gone:
-            self._push(None)
-            self._save()
-            log.info("%s (%s): its pod was removed meanwhile", inflight.container.key, cid)
-            return
-        with self._lock:
-            if inflight.placed:
-                self._rename(key, cid, inflight)
-            container = dataclasses.replace(inflight.container, id=cid)
-            self.state.put_container(
-                ContainerEntry(
-                    container, inflight.resources, inflight.latest if inflight.placed else None
+                if inflight.placed:
+                    self._rename(key, cid, inflight)
+                self.state.put_container(
+                    ContainerEntry(
+                        container, inflight.resources, inflight.latest if inflight.placed else None
+                    )
                 )
-            )
-            if inflight.placed and inflight.latest != inflight.sent:
-                self._dirty.add(cid)  # moved while the create was in flight
-        self._push(None)
-        self._save()
-        if inflight.placed and inflight.latest is not None:
+                if inflight.placed and inflight.latest != inflight.sent:
+                    self._dirty.add(cid)  # moved while the create was in flight
+        self._commit()
+        if gone:
+            log.info("%s (%s): its pod was removed meanwhile", container.key, _short(cid))
+        elif inflight.placed and inflight.latest is not None:
             log.info(
                 "placed %s (%s): %s", container.key, _short(cid), _placement_text(inflight.latest)
             )
@@ -803,42 +809,65 @@ class Hooks:
 
     # -- Stop/Remove
 
-    def _release(self, cids: Iterable[str], drop: bool) -> None:
-        """Release containers from the policy; drop their entries or mark them stopped."""
-        released = []
+    def _let_go(
+        self, cid: str, entry: ContainerEntry, released: List[Tuple[str, str, Placement]]
+    ) -> None:
+        """Release a container in the policy unless it is released already (stopped);
+        what it had goes to `released` for the log (caller holds the lock)."""
+        if entry.placement is not None or not entry.stopped:
+            try:
+                self._apply_updates(self.policy.release(cid).updates, skip=cid)
+            except Exception:  # noqa: BLE001 - the runtime already acted
+                log.exception("policy %s failed to release %s", self.name, _short(cid))
+            if entry.placement is not None:
+                released.append((entry.container.key, cid, entry.placement))
+        self._dirty.discard(cid)
+
+    @staticmethod
+    def _log_released(released: Iterable[Tuple[str, str, Placement]]) -> None:
+        for key, cid, placement in released:
+            log.info("released %s (%s): %s", key, _short(cid), _placement_text(placement))
+
+    def _release(self, select: Callable[[], Iterable[str]], drop: bool) -> None:
+        """Release the containers `select()` names (called under the lock, after the
+        runtime acted) from the policy; drop their entries or mark them stopped."""
+        released: List[Tuple[str, str, Placement]] = []
         with self._lock:
-            for cid in cids:
+            for cid in select():
                 entry = self.state.containers.get(cid)
                 if entry is None:
                     continue
-                if entry.placement is not None or not entry.stopped:
-                    try:
-                        decision = self.policy.release(cid)
-                        self._apply_updates(decision.updates, skip=cid)
-                    except Exception:  # noqa: BLE001 - the runtime already acted
-                        log.exception("policy %s failed to release %s", self.name, _short(cid))
-                    if entry.placement is not None:
-                        released.append((entry.container.key, cid, entry.placement))
-                self._dirty.discard(cid)
+                self._let_go(cid, entry, released)
                 if drop:
                     self.state.drop_container(cid)
                 else:
                     self.state.update(cid, placement=None, stopped=True)
-        self._push(None)
-        self._save()
-        for key, cid, placement in released:
-            log.info("released %s (%s): %s", key, _short(cid), _placement_text(placement))
+        self._commit()
+        self._log_released(released)
 
-    def _forward_then_release(
-        self, request: bytes, forward: Forward, cids: Iterable[str], drop: bool
-    ) -> bytes:
+    def _drop_pod(self, pod_id: str) -> None:
+        """Forget a removed pod and release every container the state has of it, all in
+        one lock section: a CreateContainer of the pod bound before it is released here,
+        one bound after it finds the pod in `_gone_pods` (`_bind`)."""
+        released: List[Tuple[str, str, Placement]] = []
+        with self._lock:
+            self._gone_pods.append(pod_id)
+            for cid, entry in self.state.drop_pod(pod_id).items():
+                self._let_go(cid, entry, released)
+        self._commit()
+        self._log_released(released)
+
+    @staticmethod
+    def _forward_then(request: bytes, forward: Forward, then: Callable[[], None]) -> bytes:
+        """Forward, then `then()` once the runtime acted, or says it has no such object
+        (NOT_FOUND); another failure keeps everything: the container may still run."""
         try:
             reply = forward(request)
         except ForwardError as exc:
             if exc.code.name == "NOT_FOUND":
-                self._release(cids, drop)
+                then()
             raise
-        self._release(cids, drop)
+        then()
         return reply
 
     def stop_container(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
@@ -846,47 +875,35 @@ class Hooks:
         if req is None:
             return forward(request)
         cid = req.container_id
-        return self._forward_then_release(request, forward, [cid], drop=False)
+        return self._forward_then(request, forward, lambda: self._release(lambda: [cid], False))
 
     def remove_container(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
         req = _parse(api_pb2.RemoveContainerRequest, request, "RemoveContainer")
         if req is None:
             return forward(request)
         cid = req.container_id
-        return self._forward_then_release(request, forward, [cid], drop=True)
+        return self._forward_then(request, forward, lambda: self._release(lambda: [cid], True))
 
     def _pod_containers(self, pod_id: str) -> List[str]:
-        with self._lock:
-            return [c for c, e in self.state.containers.items() if e.container.pod_id == pod_id]
+        """The ids of the state's containers of a pod (caller holds the lock)."""
+        return [c for c, e in self.state.containers.items() if e.container.pod_id == pod_id]
 
     def stop_pod_sandbox(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
         req = _parse(api_pb2.StopPodSandboxRequest, request, "StopPodSandbox")
         if req is None:
             return forward(request)
         pod_id = req.pod_sandbox_id
-        return self._forward_then_release(request, forward, self._pod_containers(pod_id), False)
+        # the pod's containers as they are once the runtime stopped them, not before
+        return self._forward_then(
+            request, forward, lambda: self._release(lambda: self._pod_containers(pod_id), False)
+        )
 
     def remove_pod_sandbox(self, request: bytes, forward: Forward, info: CallInfo) -> bytes:
         req = _parse(api_pb2.RemovePodSandboxRequest, request, "RemovePodSandbox")
         if req is None:
             return forward(request)
         pod_id = req.pod_sandbox_id
-        try:
-            reply = self._forward_then_release(
-                request, forward, self._pod_containers(pod_id), drop=True
-            )
-        except ForwardError as exc:
-            if exc.code.name == "NOT_FOUND":
-                self._drop_pod(pod_id)
-            raise
-        self._drop_pod(pod_id)
-        return reply
-
-    def _drop_pod(self, pod_id: str) -> None:
-        with self._lock:
-            self.state.drop_pod(pod_id)
-            self._gone_pods.append(pod_id)
-        self._save()
+        return self._forward_then(request, forward, lambda: self._drop_pod(pod_id))
 
     # -- start-up resync
 
@@ -1033,10 +1050,9 @@ class Hooks:
             self._dirty.discard(cid)
 
         for pod_id in [p for p in self.state.pods if p not in view.sandboxes]:
-            keys = {c: e.container.key for c, e in self.state.containers.items()}
-            for cid in self.state.drop_pod(pod_id):
+            for cid, entry in self.state.drop_pod(pod_id).items():
                 forget(cid)
-                report.dropped.append(f"{keys[cid]} ({cid})")
+                report.dropped.append(f"{entry.container.key} ({cid})")
             log.info("pod %s is gone from the runtime; forgotten", pod_id)
         for cid, entry in list(self.state.containers.items()):
             listed = view.containers.get(cid)

@@ -41,7 +41,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from cri_resmgr.errors import StateError
 from cri_resmgr.podspec import LinuxResources
@@ -321,11 +321,11 @@ class State:
             self.pods[pod.id] = pod
             self._pod_json.pop(pod.id, None)
 
-    def drop_pod(self, pod_id: str) -> List[str]:
-        """Forget a pod and its containers; the ids of the containers dropped."""
+    def drop_pod(self, pod_id: str) -> Dict[str, ContainerEntry]:
+        """Forget a pod and its containers; the containers dropped, by id."""
         with self._lock:
             self.pods.pop(pod_id, None)
-            gone = [cid for cid, e in self.containers.items() if e.container.pod_id == pod_id]
+            gone = {cid: e for cid, e in self.containers.items() if e.container.pod_id == pod_id}
             for cid in gone:
                 del self.containers[cid]
             return gone

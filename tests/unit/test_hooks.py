@@ -701,6 +701,111 @@ def test_pod_removed_while_a_create_is_in_flight(topo4: Topology, tmp_path: Path
     assert not node.hooks.state.containers and not node.hooks._inflight
 
 
+class Seam:
+    """`hooks._lock` with a seam, to force an interleaving without sleeping.
+
+    Each time a thread lets go of the lock completely, `when()` is checked (still under
+    the lock); the first time it holds, `then()` runs right after the release, in that
+    thread, with the lock free: exactly what another thread could do at that point.
+    """
+
+    def __init__(self, lock: Any, when: Callable[[], bool], then: Callable[[], None]) -> None:
+        self._lock = lock
+        self._when = when
+        self._then = then
+        self._depth = threading.local()
+        self.fired = False
+
+    def __enter__(self) -> Seam:
+        self._lock.acquire()
+        self._depth.n = getattr(self._depth, "n", 0) + 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth.n -= 1
+        fire = self._depth.n == 0 and not self.fired and self._when()
+        if fire:
+            self.fired = True
+        self._lock.release()
+        if fire:
+            self._then()
+
+
+class Thread(threading.Thread):
+    """A thread whose exception is raised again by `join`."""
+
+    def __init__(self, target: Callable[..., Any], *args: Any) -> None:
+        super().__init__(target=self._run, args=(target, *args))
+        self.error: Optional[BaseException] = None
+
+    def _run(self, target: Callable[..., Any], *args: Any) -> None:
+        try:
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to join()
+            self.error = exc
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
+
+
+def test_pod_removal_releases_a_container_bound_while_it_was_forwarded(
+    topo4: Topology, tmp_path: Path
+) -> None:
+    """RemovePodSandbox is at the runtime while a CreateContainer in the pod completes:
+    the container it finds in the state afterwards is released, not just forgotten."""
+    node = make(topo4, tmp_path)
+    pod_id = node.run_pod("web")
+    real = node.runtime.forward(RS + "RemovePodSandbox")
+    forwarding, created = threading.Event(), threading.Event()
+
+    def slow_remove(request: bytes) -> bytes:
+        forwarding.set()
+        created.wait()
+        return real(request)
+
+    remove = api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id)
+    t = Thread(node.call, "RemovePodSandbox", remove, slow_remove)
+    t.start()
+    forwarding.wait()
+    cid = node.create("web", "app", cpu=3000)  # created and bound while the removal runs
+    assert cid in node.hooks.policy.placements()
+    created.set()
+    t.join()
+    assert node.hooks.policy.placements() == {}  # its 3 CPUs are free again
+    assert not node.hooks.state.containers and not node.hooks.state.pods
+    node.run_pod("next")
+    assert node.cpus(node.create("next", "app", cpu=3000)) == "1-3"
+
+
+def test_pod_removed_between_the_runtime_reply_and_the_bind(
+    topo4: Topology, tmp_path: Path
+) -> None:
+    """No moment exists where a created container is out of the in-flight table but not
+    yet in the state: a RemovePodSandbox there would miss it on both sides."""
+    node = make(topo4, tmp_path)
+    pod_id = node.run_pod("web")
+    hooks = node.hooks
+
+    def created_but_unrecorded() -> bool:
+        return not hooks._inflight and any(
+            c not in hooks.state.containers for c in node.runtime.containers
+        )
+
+    def remove_pod() -> None:
+        node.call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        node.call("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+
+    seam = Seam(hooks._lock, created_but_unrecorded, remove_pod)
+    hooks._lock = seam  # type: ignore[assignment]
+    node.call("CreateContainer", node.create_request("web", "app", cpu=3000))
+    if not seam.fired:
+        remove_pod()  # no such moment: kubelet removes the pod after the create
+    assert hooks.policy.placements() == {}
+    assert not hooks.state.containers and not hooks.state.pods
+
+
 # --- resync ---------------------------------------------------------------------------------------
 
 
