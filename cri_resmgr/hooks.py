@@ -30,8 +30,9 @@ Per call (the relay runs hooks in a pool of worker threads, concurrently):
 * Knock-on updates (`Decision.updates`, e.g. the shared pool shrank) are pushed with
   UpdateContainerResources through the runtime client (straight to the runtime, not
   through the relay) before kubelet gets its reply. Pushes are serialized and always
-  send a container's latest placement; a failed push is logged with the container's
-  key and retried at the next change.
+  send a container's latest placement; a call whose updates another call's push is
+  sending waits for that push. A failed push is logged with the container's key and
+  retried at the next change.
 * ``on-error``: ``fail`` sends the policy's error to kubelet (the relay maps
   `errors.Error` subclasses to gRPC codes); ``pass`` logs it and forwards the request
   unmodified.
@@ -441,9 +442,12 @@ class Hooks:
 
         Returns (pushed, failed) container keys. Failures stay dirty (retried at the
         next change), except containers the runtime no longer has.
+
+        Decided under `_push_lock` even when nothing is dirty: a push in progress may be
+        sending this caller's updates (it took them out of the dirty set), and the
+        caller's reply must wait for it (e.g. a CreateContainer must not forward onto
+        CPUs shared containers are still being moved off).
         """
-        if not self._dirty:
-            return [], []
         pushed: List[str] = []
         failed: List[str] = []
         with self._push_lock:
@@ -454,7 +458,7 @@ class Hooks:
                     if entry is not None and entry.placement is not None and not entry.stopped:
                         jobs.append((cid, entry.container.key, entry.resources, entry.placement))
                 self._dirty.clear()
-            if self.runtime is None:
+            if not jobs or self.runtime is None:
                 return [], []
             timeout = self.options.update_timeout
             remaining = info.remaining() if info is not None else None

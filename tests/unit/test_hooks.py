@@ -447,6 +447,69 @@ def test_updates_are_pushed_before_the_reply(topo4: Topology, tmp_path: Path) ->
     assert node.cpus(a) == node.cpus(b) == "0-3"
 
 
+class Contended:
+    """A lock that runs `on_wait()` when an acquire would block (then blocks)."""
+
+    def __init__(self, lock: Any, on_wait: Callable[[], None]) -> None:
+        self._lock = lock
+        self._on_wait = on_wait
+
+    def __enter__(self) -> Contended:
+        if not self._lock.acquire(blocking=False):
+            self._on_wait()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
+def test_updates_sent_by_another_push_are_waited_for(topo4: Topology, tmp_path: Path) -> None:
+    """A CreateContainer whose knock-on updates another thread's push took from the dirty
+    set (and is still sending) waits for that push before it forwards: the shared
+    container is off the new exclusive CPUs before the new container exists."""
+    node = make(topo4, tmp_path)
+    node.run_pod("be", BESTEFFORT)
+    a = node.create("be", "a")
+    node.run_pod("web")
+    hooks = node.hooks
+    stub = node.runtime.runtime
+    real_update = stub.UpdateContainerResources
+    real_create = node.runtime.forward(RS + "CreateContainer")
+    sending, let_it_finish = threading.Event(), threading.Event()
+    order: List[str] = []
+    other = Thread(hooks._push, None)  # another call's push (a create, a removal, ...)
+
+    def slow_update(req: Any, timeout: Optional[float] = None) -> Any:
+        if threading.current_thread() is other:
+            sending.set()
+            let_it_finish.wait()
+        return real_update(req, timeout)
+
+    def create(request: bytes) -> bytes:
+        order.append(f"create; a on {node.cpus(a)}")
+        let_it_finish.set()
+        return real_create(request)
+
+    def allocated() -> bool:  # the create's updates are in the dirty set, not sent yet
+        return threading.current_thread() is creating and bool(hooks._inflight and hooks._dirty)
+
+    def other_push_takes_them() -> None:
+        other.start()
+        sending.wait()
+
+    stub.UpdateContainerResources = slow_update
+    hooks._lock = Seam(hooks._lock, allocated, other_push_takes_them)  # type: ignore[assignment]
+    hooks._push_lock = Contended(hooks._push_lock, let_it_finish.set)  # type: ignore[assignment]
+    request = node.create_request("web", "g", cpu=2000)
+    creating = Thread(node.call, "CreateContainer", request, create)
+    creating.start()
+    creating.join()
+    other.join()
+    assert order == ["create; a on 0,3"]
+    assert node.runtime.containers[a].updates == 1
+
+
 def test_failed_push_is_logged_and_retried(topo4: Topology, tmp_path: Path, caplog: Any) -> None:
     node = make(topo4, tmp_path)
     node.run_pod("be", BESTEFFORT)
