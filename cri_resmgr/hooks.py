@@ -192,6 +192,10 @@ class ResyncReport:
     failed_pushes: List[str] = field(default_factory=list)
 
 
+#: a push: container id, key (for logs), kubelet's resources, the placement to send
+_PushJob = Tuple[str, str, LinuxResources, Placement]
+
+
 @dataclass
 class _Inflight:
     """A container whose CreateContainer is in flight, under a provisional key."""
@@ -381,9 +385,12 @@ class Hooks:
     # -- helpers
 
     def _commit(self, info: Optional[CallInfo] = None) -> None:
-        """Push what is dirty, then save: what every change does before its reply."""
-        self._push(info)
-        self._save()
+        """Push what is dirty, then save: what every change does before its reply. The
+        save happens also when the push fails (a decision is on disk before the reply)."""
+        try:
+            self._push(info)
+        finally:
+            self._save()
 
     def _save(self) -> None:
         try:
@@ -466,7 +473,7 @@ class Hooks:
                 timeout = max(0.5, min(timeout, remaining))
             runtime = self.runtime.runtime
 
-            def send(job: Tuple[str, str, LinuxResources, Placement]) -> Optional[BaseException]:
+            def send(job: _PushJob) -> Optional[BaseException]:
                 cid, _, resources, placement = job
                 request = api_pb2.UpdateContainerResourcesRequest(
                     container_id=cid, linux=resources_pb(_with_placement(resources, placement))
@@ -477,13 +484,7 @@ class Hooks:
                     return exc
                 return None
 
-            # In parallel: a shrinking shared pool moves every shared container, and
-            # kubelet waits for all of them (one at a time, 100 of them took 2 s).
-            outcomes = (
-                list(self._pushers.map(send, jobs))
-                if len(jobs) > 1
-                else [send(job) for job in jobs]
-            )
+            outcomes = self._send_all(send, jobs)
             for (cid, key, _, placement), exc in zip(jobs, outcomes):
                 if exc is not None:
                     if _code(exc) == "NOT_FOUND":
@@ -505,6 +506,25 @@ class Hooks:
                 pushed.append(f"{key} ({cid})")
                 log.debug("pushed %s (%s): %s", key, _short(cid), _placement_text(placement))
         return pushed, failed
+
+    def _send_all(
+        self, send: Callable[[_PushJob], Optional[BaseException]], jobs: List[_PushJob]
+    ) -> List[Optional[BaseException]]:
+        """`send` each job; the outcomes in order.
+
+        In parallel: a shrinking shared pool moves every shared container, and kubelet
+        waits for all of them (one at a time, 100 of them took 2 s). Once `close()` has
+        shut the pool down (a call finishing during shutdown), what the pool no longer
+        takes is sent here, one by one.
+        """
+        futures: List[concurrent.futures.Future[Optional[BaseException]]] = []
+        if len(jobs) > 1:
+            for job in jobs:
+                try:
+                    futures.append(self._pushers.submit(send, job))
+                except RuntimeError:  # shut down; what it took already still runs
+                    break
+        return [f.result() for f in futures] + [send(job) for job in jobs[len(futures) :]]
 
     def _pod_for(
         self, pod_id: str, config: Optional[api_pb2.PodSandboxConfig], labels: Mapping[str, str]

@@ -530,6 +530,28 @@ def test_failed_push_is_logged_and_retried(topo4: Topology, tmp_path: Path, capl
     assert not node.hooks._dirty
 
 
+def test_a_create_finishing_during_shutdown_still_pushes_and_saves(
+    topo4: Topology, tmp_path: Path
+) -> None:
+    """close() shuts the push pool down; a bind after it sends its pushes one by one."""
+    node = make(topo4, tmp_path)
+    node.run_pod("be", BESTEFFORT)
+    a, b = node.create("be", "a"), node.create("be", "b")
+    node.run_pod("web")
+    node.runtime.fail("UpdateContainerResources", "UNAVAILABLE", times=2)  # a, b stay dirty
+    real = node.runtime.forward(RS + "CreateContainer")
+
+    def shutdown_meanwhile(request: bytes) -> bytes:
+        node.hooks.close()  # the service stops while the runtime creates the container
+        return real(request)
+
+    request = node.create_request("web", "g", cpu=2000)
+    cid = node.call("CreateContainer", request, forward=shutdown_meanwhile).container_id
+    assert node.cpus(a) == node.cpus(b) == "0,3"  # retried after the create, pool or not
+    assert saved(tmp_path)["containers"][cid]["placement"]["cpus"] == "1-2"
+    assert not node.hooks._dirty
+
+
 def test_placement_changed_while_create_was_in_flight(topo4: Topology, tmp_path: Path) -> None:
     node = make(topo4, tmp_path)
     node.run_pod("be", BESTEFFORT)
