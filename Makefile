@@ -62,8 +62,9 @@ bench: deps venv
 # --- packaging -----------------------------------------------------------
 # docs/packaging.md explains these targets. Outputs go to dist/, work to build/.
 # `make install DESTDIR=DIR` installs the files that are not Python (unit, tmpfiles.d,
-# /etc/cri-resmgr, the environment file, setup.sh/clean.sh, kubelet template); the
-# .deb (debian/rules) and the .rpm (rpm/cri-resource-manager.spec) both use it.
+# /etc/cri-resmgr, the environment file, logrotate, setup.sh/clean.sh/lib.sh, kubelet
+# template, man page); the .deb (debian/rules) and the .rpm
+# (rpm/cri-resource-manager.spec) both use it.
 
 PKG          = cri-resource-manager
 PKG_VERSION  = $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' cri_resmgr/version.py)
@@ -72,6 +73,8 @@ UNITDIR     ?= /lib/systemd/system
 ENVDIR      ?= /etc/default
 TMPFILESDIR ?= /usr/lib/tmpfiles.d
 PKGDATADIR  ?= /usr/share/$(PKG)
+MANDIR      ?= /usr/share/man
+LOGROTATEDIR ?= /etc/logrotate.d
 PRESETDIR   ?=
 # The interpreter the packaged virtualenvs are made with and depend on (absolute and
 # versioned: python3 may be a pyenv shim here).
@@ -89,9 +92,12 @@ install:
 	install -D -m 0644 etc/systemd/$(PKG).service $(DESTDIR)$(UNITDIR)/$(PKG).service
 	install -D -m 0644 etc/tmpfiles.d/$(PKG).conf $(DESTDIR)$(TMPFILESDIR)/$(PKG).conf
 	install -D -m 0644 etc/cri-resmgr/cri-resmgr.conf $(DESTDIR)/etc/cri-resmgr/cri-resmgr.conf
-	install -D -m 0644 etc/$(notdir $(ENVDIR))/$(PKG) $(DESTDIR)$(ENVDIR)/$(PKG)
+	install -D -m 0644 etc/$(PKG).env $(DESTDIR)$(ENVDIR)/$(PKG)
+	install -D -m 0644 etc/logrotate.d/$(PKG) $(DESTDIR)$(LOGROTATEDIR)/$(PKG)
 	install -D -m 0755 setup.sh $(DESTDIR)$(PKGDATADIR)/setup.sh
 	install -D -m 0755 clean.sh $(DESTDIR)$(PKGDATADIR)/clean.sh
+	install -D -m 0644 lib.sh $(DESTDIR)$(PKGDATADIR)/lib.sh
+	install -D -m 0644 debian/cri-resmgr.8 $(DESTDIR)$(MANDIR)/man8/cri-resmgr.8
 	install -D -m 0644 etc/kubelet/90-cri-resmgr.conf \
 	    $(DESTDIR)$(PKGDATADIR)/kubelet/90-cri-resmgr.conf
 	$(if $(PRESETDIR),install -D -m 0644 etc/systemd/90-$(PKG).preset \

@@ -11,90 +11,33 @@
 # It runs `cri-resmgr kubelet disable`, which puts back the bytes `enable` saved
 # (docs/kubelet.md). The service is stopped only once kubelet no longer points at it;
 # it stays enabled (systemctl disable cri-resource-manager, or remove the package).
-# Running it again changes nothing.
+# Running it again changes nothing. Removing the package does the same kubelet steps
+# (crm_kubelet_back in lib.sh, next to this script), then stops the service.
 set -eu
 
-UNIT=cri-resource-manager.service
-ROOT=${ROOT:-/}
+HERE=$(dirname "$(readlink -f "$0")")
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+CRM_NAME=clean.sh
 
-say() { printf 'clean.sh: %s\n' "$*"; }
-die() { printf 'clean.sh: error: %s\n' "$*" >&2; exit 1; }
+crm_script_init "it edits kubelet's configuration and restarts services" \
+    " (removing the package already points kubelet back)"
 
-case "$ROOT" in
-    /*) ;;
-    *) die "ROOT must be an absolute path, not '$ROOT'" ;;
-esac
-host=false
-[ "$ROOT" != / ] || host=true
-if $host && [ "$(id -u)" != 0 ]; then
-    die "run as root (it edits kubelet's configuration and restarts services): sudo $0"
-fi
-[ -d "$ROOT" ] || die "ROOT=$ROOT is not a directory"
-
-if [ -n "${CRI_RESMGR:-}" ]; then
-    :
-elif $host; then
-    CRI_RESMGR=/usr/bin/cri-resmgr
-else
-    CRI_RESMGR=cri-resmgr
-fi
-command -v "$CRI_RESMGR" >/dev/null 2>&1 ||
-    die "$CRI_RESMGR is needed but not found (removing the package already points kubelet back)"
-if $host; then
-    command -v systemctl >/dev/null 2>&1 || die "systemctl is needed but not found"
+crm_kubelet_back clean 0
+if $crm_incomplete; then
+    crm_die "kubelet could not be restored completely (see above); $CRM_UNIT left running"
 fi
 
-if ! report=$("$CRI_RESMGR" kubelet disable --root "$ROOT" 2>&1); then
-    printf '%s\n' "$report" >&2
-    die "kubelet could not be restored completely (see above); $UNIT left running"
-fi
-printf '%s\n' "$report"
-case "$report" in
-    "disable: done"*) changed=true ;;
-    *) changed=false ;;
-esac
-
-rc=0
-status=$("$CRI_RESMGR" kubelet status --root "$ROOT" 2>&1) || rc=$?
-case "$rc" in
-    3) ;;
-    0)
-        printf '%s\n' "$status" >&2
-        die "kubelet still points at the relay through a setting setup.sh did not make
-(listed above): change it by hand; $UNIT left running"
-        ;;
-    *)
-        printf '%s\n' "$status" >&2
-        die "cannot read kubelet's configuration (see above); $UNIT left running"
-        ;;
-esac
-
-if ! $host; then
-    say "changed $ROOT only; nothing restarted or stopped"
+if ! $crm_host; then
+    crm_say "changed $ROOT only; nothing restarted or stopped"
     exit 0
 fi
 
-# A kubelet started while its files named the relay still uses it (e.g. after a
-# `cri-resmgr kubelet disable` by hand without a restart): restart that one too.
-running_on_relay() {
-    pid=$(systemctl show -p MainPID --value kubelet.service 2>/dev/null || echo 0)
-    [ "${pid:-0}" != 0 ] && [ -r "/proc/$pid/cmdline" ] &&
-        tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q 'cri-resmgr/cri-resmgr\.sock'
-}
-
-if [ -n "$(systemctl list-unit-files --no-legend kubelet.service 2>/dev/null)" ]; then
-    if $changed || running_on_relay; then
-        systemctl daemon-reload
-        say "restarting kubelet"
-        systemctl restart kubelet.service
-    fi
-fi
-
-if systemctl is-active --quiet "$UNIT"; then
-    say "stopping $UNIT"
-    systemctl stop "$UNIT"
+if systemctl is-active --quiet "$CRM_UNIT"; then
+    crm_say "stopping $CRM_UNIT"
+    systemctl stop "$CRM_UNIT"
 else
-    say "$UNIT is not running"
+    crm_say "$CRM_UNIT is not running"
 fi
-say "done: kubelet uses the runtime directly; $UNIT is stopped (still enabled: it starts"
-say "again at boot; systemctl disable $UNIT or remove the package to keep it off)"
+crm_say "done: kubelet uses the runtime directly; $CRM_UNIT is stopped (still enabled: it starts"
+crm_say "again at boot; systemctl disable $CRM_UNIT or remove the package to keep it off)"

@@ -25,6 +25,12 @@ set -eu
 PKG=cri-resource-manager
 UNIT=$PKG.service
 HERE=$(cd "$(dirname "$0")" && pwd)
+[ -r "$HERE/lib.sh" ] || {
+    echo "install.sh: error: $HERE/lib.sh is missing: run install.sh from the source tree" >&2
+    exit 1
+}
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
 
 RUNNER=${RUNNER:-containerd}
 CRI_RESMGR_POLICY=${CRI_RESMGR_POLICY:-null}
@@ -117,12 +123,7 @@ have_cri_resmgr() {
 # --- the package ----------------------------------------------------------------
 
 installed_version() {
-    if [ "$format" = deb ]; then
-        dpkg-query -W -f='${Status} ${Version}' "$PKG" 2>/dev/null |
-            sed -n 's/^install ok installed //p'
-    else
-        rpm -q --qf '%{VERSION}-%{RELEASE}' "$PKG" 2>/dev/null || true
-    fi
+    crm_installed_version "$format" "$PKG"
 }
 
 newest() {

@@ -9,52 +9,33 @@
 #               it starts)
 #
 # It runs `cri-resmgr kubelet enable` (docs/kubelet.md: what it edits, the backups),
-# restarts kubelet when something changed, and prints the kubelet command line that
-# results. Running it again changes nothing and restarts nothing.
+# which points kubelet at the relay socket of /etc/cri-resmgr ([relay] socket),
+# restarts kubelet when something changed and kubelet runs, and prints the kubelet
+# command line that results. Running it again changes nothing and restarts nothing.
+# The Debian package's postinst runs it when debconf's answer is yes. The functions
+# shared with clean.sh and the packages are in lib.sh (next to this script).
 set -eu
 
-UNIT=cri-resource-manager.service
-ROOT=${ROOT:-/}
+HERE=$(dirname "$(readlink -f "$0")")
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+CRM_NAME=setup.sh
 FORCE=${FORCE:-0}
 
-say() { printf 'setup.sh: %s\n' "$*"; }
-die() { printf 'setup.sh: error: %s\n' "$*" >&2; exit 1; }
-
-case "$ROOT" in
-    /*) ;;
-    *) die "ROOT must be an absolute path, not '$ROOT'" ;;
-esac
-host=false
-[ "$ROOT" != / ] || host=true
-if $host && [ "$(id -u)" != 0 ]; then
-    die "run as root (it edits kubelet's configuration and restarts kubelet): sudo $0"
-fi
-[ -d "$ROOT" ] || die "ROOT=$ROOT is not a directory"
-
-if [ -n "${CRI_RESMGR:-}" ]; then
-    :
-elif $host; then
-    CRI_RESMGR=/usr/bin/cri-resmgr
-else
-    CRI_RESMGR=cri-resmgr
-fi
-command -v "$CRI_RESMGR" >/dev/null 2>&1 ||
-    die "$CRI_RESMGR is needed but not found: install cri-resource-manager first (install.sh)"
-if $host; then
-    command -v systemctl >/dev/null 2>&1 || die "systemctl is needed but not found"
-    if ! systemctl is-active --quiet "$UNIT"; then
+crm_script_init "it edits kubelet's configuration and restarts kubelet" \
+    ": install cri-resource-manager first (install.sh)"
+if $crm_host; then
+    # Type=notify: active means the relay socket is open and the runtime answered. A
+    # socket file alone proves nothing: a killed relay leaves it behind.
+    if ! systemctl is-active --quiet "$CRM_UNIT"; then
         if [ "$FORCE" = 1 ]; then
-            say "warning: $UNIT is not running: kubelet has no runtime until it starts"
+            crm_warn "$CRM_UNIT is not running: kubelet has no runtime until it starts"
         else
-            die "$UNIT is not running: kubelet would lose its runtime. Start it first
-(install.sh, or systemctl start $UNIT), or set FORCE=1."
+            crm_die "$CRM_UNIT is not running: kubelet would lose its runtime. Start it first
+(install.sh, or systemctl start $CRM_UNIT), or set FORCE=1."
         fi
     fi
 fi
-
-kubelet_unit_exists() {
-    [ -n "$(systemctl list-unit-files --no-legend kubelet.service 2>/dev/null)" ]
-}
 
 # The command line of the running kubelet (its main process), once it has exec'd.
 kubelet_cmdline() {
@@ -75,7 +56,7 @@ kubelet_cmdline() {
 
 if ! report=$("$CRI_RESMGR" kubelet enable --root "$ROOT" 2>&1); then
     printf '%s\n' "$report" >&2
-    die "kubelet was not changed (see above)"
+    crm_die "kubelet was not changed (see above)"
 fi
 printf '%s\n' "$report"
 
@@ -84,26 +65,24 @@ case "$report" in
     *) changed=false ;;
 esac
 
-if ! $host; then
-    say "changed $ROOT only; nothing restarted"
+if ! $crm_host; then
+    crm_say "changed $ROOT only; nothing restarted"
     exit 0
 fi
 
-if ! kubelet_unit_exists; then
-    say "no kubelet.service here: restart kubelet yourself for the change to take effect"
+if ! crm_systemd_running || ! crm_kubelet_unit_exists; then
+    crm_say "no running kubelet.service here: restart kubelet yourself for the change to take effect"
     exit 0
 fi
 if $changed; then
-    systemctl daemon-reload
-    say "restarting kubelet"
-    systemctl restart kubelet.service
+    crm_restart_kubelet || crm_die "restarting kubelet failed (systemctl status kubelet)"
 elif systemctl is-active --quiet kubelet.service; then
-    say "kubelet already points at the relay: not restarted"
+    crm_say "kubelet already points at the relay: not restarted"
 fi
 
 if systemctl is-active --quiet kubelet.service && cmdline=$(kubelet_cmdline); then
-    say "kubelet now runs as:"
+    crm_say "kubelet now runs as:"
     printf '  %s\n' "$cmdline"
 else
-    say "kubelet is not running (systemctl status kubelet); when it starts, it uses the relay"
+    crm_say "kubelet is not running (systemctl status kubelet); when it starts, it uses the relay"
 fi

@@ -62,13 +62,20 @@ def test_make_install_layout(tmp_path: Path) -> None:
             "/usr/lib/tmpfiles.d/cri-resource-manager.conf": "0o644",
             "/etc/cri-resmgr/cri-resmgr.conf": "0o644",
             f"{envdir}/cri-resource-manager": "0o644",
+            "/etc/logrotate.d/cri-resource-manager": "0o644",
             "/usr/share/cri-resource-manager/setup.sh": "0o755",
             "/usr/share/cri-resource-manager/clean.sh": "0o755",
+            "/usr/share/cri-resource-manager/lib.sh": "0o644",
             "/usr/share/cri-resource-manager/kubelet/90-cri-resmgr.conf": "0o644",
+            "/usr/share/man/man8/cri-resmgr.8": "0o644",
         }
         if extra:
             expected["/p/90-cri-resource-manager.preset"] = "0o644"
         assert found == expected
+        # One source for both environment files (only the directory differs).
+        assert (dest / envdir.lstrip("/") / "cri-resource-manager").read_bytes() == (
+            REPO / "etc/cri-resource-manager.env"
+        ).read_bytes()
 
 
 def test_unit_file() -> None:
@@ -92,17 +99,30 @@ def test_unit_file() -> None:
     assert re.search(r"^d /run/cri-resmgr 0755 root root -$", tmpfiles, re.M)
 
 
-def test_environment_files() -> None:
-    """Both environment files define the three variables, empty, and are valid sh."""
-    for name in ("etc/default/cri-resource-manager", "etc/sysconfig/cri-resource-manager"):
-        out = run(
-            "sh",
-            "-c",
-            f'. ./{name}; printf "%s|%s|%s" "${{CONFIG_OPTIONS-x}}" '
-            f'"${{POLICY_OPTIONS-x}}" "${{DEBUG_OPTIONS-x}}"',
-            cwd=REPO,
-        )
-        assert out == "||"
+def test_environment_file() -> None:
+    """The environment file (/etc/default or /etc/sysconfig) defines the three
+    variables, empty, and is valid sh."""
+    out = run(
+        "sh",
+        "-c",
+        '. ./etc/cri-resource-manager.env; printf "%s|%s|%s" "${CONFIG_OPTIONS-x}" '
+        '"${POLICY_OPTIONS-x}" "${DEBUG_OPTIONS-x}"',
+        cwd=REPO,
+    )
+    assert out == "||"
+
+
+def test_logrotate_file() -> None:
+    """The CRI dump install.sh turns on is rotated by size; the service reopens it on
+    reload. (test_deb_install.py runs logrotate on it.)"""
+    text = (REPO / "etc/logrotate.d/cri-resource-manager").read_text()
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip()[0] != "#"]
+    assert lines[0] == "/tmp/cri.dump {" and lines[-1] == "}"
+    for directive in ("su root root", "size 100M", "rotate 3", "compress", "nocreate"):
+        assert directive in lines, directive
+    assert "systemctl reload cri-resource-manager.service >/dev/null 2>&1 || true" in lines
+    install_sh = (REPO / "install.sh").read_text()
+    assert "-dump-file=/tmp/cri.dump" in install_sh
 
 
 def test_unit_security_offline(deb_package: Path, tmp_path: Path) -> None:
@@ -139,8 +159,10 @@ DEB_FILES = [
     "./etc/default/cri-resource-manager",
     f"./lib/systemd/system/{UNIT}",
     "./usr/lib/tmpfiles.d/cri-resource-manager.conf",
+    "./etc/logrotate.d/cri-resource-manager",
     "./usr/share/cri-resource-manager/setup.sh",
     "./usr/share/cri-resource-manager/clean.sh",
+    "./usr/share/cri-resource-manager/lib.sh",
     "./usr/share/cri-resource-manager/kubelet/90-cri-resmgr.conf",
     "./usr/share/man/man8/cri-resmgr.8.gz",
     "./usr/share/doc/cri-resource-manager/README.md",
@@ -169,6 +191,7 @@ def test_deb_control(deb_package: Path, tmp_path: Path) -> None:
     assert (tmp_path / "conffiles").read_text().split() == [
         "/etc/cri-resmgr/cri-resmgr.conf",
         "/etc/default/cri-resource-manager",
+        "/etc/logrotate.d/cri-resource-manager",
     ]
     assert (tmp_path / "triggers").read_text().split() == [
         "interest-noawait",
@@ -176,10 +199,12 @@ def test_deb_control(deb_package: Path, tmp_path: Path) -> None:
     ]
     assert "Point kubelet at cri-resource-manager now?" in (tmp_path / "templates").read_text()
     prerm = (tmp_path / "prerm").read_text()
-    # The kubelet is put back before debhelper's part stops the service.
-    assert prerm.index("kubelet disable") < prerm.index("deb-systemd-invoke stop")
+    # The kubelet is put back (lib.sh, as clean.sh does) before debhelper's part stops
+    # the service.
+    assert prerm.index("crm_kubelet_back remove") < prerm.index("deb-systemd-invoke stop")
     postinst = (tmp_path / "postinst").read_text()
     assert postinst.index("deb-systemd-invoke $_dh_action") < postinst.index("point_kubelet\n")
+    assert '"$SHARE/setup.sh"' in postinst and "[ -S" not in postinst
     assert "deb-systemd-helper enable" in postinst
     assert "systemd-tmpfiles" in postinst
     postrm = (tmp_path / "postrm").read_text()
@@ -221,8 +246,10 @@ RPM_FILES = [
     f"/usr/lib/systemd/system/{UNIT}",
     "/usr/lib/systemd/system-preset/90-cri-resource-manager.preset",
     "/usr/lib/tmpfiles.d/cri-resource-manager.conf",
+    "/etc/logrotate.d/cri-resource-manager",
     "/usr/share/cri-resource-manager/setup.sh",
     "/usr/share/cri-resource-manager/clean.sh",
+    "/usr/share/cri-resource-manager/lib.sh",
     "/usr/share/cri-resource-manager/kubelet/90-cri-resmgr.conf",
     "/var/lib/cri-resmgr",
     "/run/cri-resmgr",
@@ -236,8 +263,12 @@ def test_rpm_contents(rpm_package: Path) -> None:
     assert not [n for n in names if "/site-packages/pip/" in n or n.startswith("/etc/default")]
     assert run("rpm", "-qp", "--configfiles", str(rpm_package)).split() == [
         "/etc/cri-resmgr/cri-resmgr.conf",
+        "/etc/logrotate.d/cri-resource-manager",
         "/etc/sysconfig/cri-resource-manager",
     ]
+    # The man page once (make install), not also from the spec (compressed or not:
+    # brp-compress decides).
+    assert len([n for n in names if "/man8/cri-resmgr.8" in n]) == 1
     requires = run("rpm", "-qp", "--requires", str(rpm_package)).split("\n")
     assert "/usr/bin/python3.11" in requires
     # Nothing generated from the venv's shared objects.
@@ -259,9 +290,9 @@ def test_rpm_scriptlets(rpm_package: Path) -> None:
     )
     assert re.search(r"(disable --now|remove-system-units) .*" + UNIT, preun)
     assert re.search(r"(try-restart|mark-restart-system-units) .*" + UNIT, postun)
-    # The kubelet is put back before the service stops.
-    assert preun.index("kubelet disable") < preun.index(UNIT)
-    assert "rm -rf /var/lib/cri-resmgr" in postun
+    # The kubelet is put back (lib.sh, as clean.sh does) before the service stops.
+    assert preun.index("crm_kubelet_back remove") < preun.index(UNIT)
+    assert "rm -rf /var/lib/cri-resmgr" in postun and "! -name kubelet-backup" in postun
 
 
 # --- both -----------------------------------------------------------------------------

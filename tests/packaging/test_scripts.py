@@ -380,9 +380,251 @@ def test_missing_systemctl(name: str, tmp_path: Path) -> None:
 def test_shellcheck() -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt install shellcheck)")
-    files = ["install.sh", "setup.sh", "clean.sh", "debian/finish-venv.sh"]
+    files = ["lib.sh", "install.sh", "setup.sh", "clean.sh", "debian/finish-venv.sh"]
     files += [f"debian/cri-resource-manager.{s}" for s in ("config", "postinst", "prerm", "postrm")]
     done = subprocess.run(
-        ["shellcheck", "-s", "sh", *files], cwd=REPO, capture_output=True, text=True, check=False
+        ["shellcheck", "-x", "-s", "sh", *files],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stdout
+
+
+def test_rpm_scriptlets_shellcheck(tmp_path: Path) -> None:
+    """The spec's %preun and %postun, with the macros expanded, are clean sh too."""
+    if shutil.which("shellcheck") is None or shutil.which("rpmspec") is None:
+        pytest.skip("shellcheck or rpmspec is not installed")
+    spec = subprocess.run(
+        ["rpmspec", "-P", str(REPO / "rpm/cri-resource-manager.spec")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in ("preun", "postun"):
+        body = spec.split(f"\n%{name}\n", 1)[1]
+        body = body.split("\n%", 1)[0]
+        script = tmp_path / name
+        # SC2086: the systemd macros write [ $1 -eq 0 ], as RPM scriptlets usually do.
+        script.write_text("#!/bin/sh\n# shellcheck disable=SC2086,SC1091\n" + body + "\n")
+        done = subprocess.run(
+            ["shellcheck", "-s", "sh", str(script)], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, f"%{name}:\n{body}\n{done.stdout}"
+
+
+# --- the configured relay socket (no socket path in the scripts) -----------------------
+
+
+def test_setup_clean_use_the_configured_relay_socket(tmp_path: Path, cri_resmgr: str) -> None:
+    """[relay] socket in the tree's /etc/cri-resmgr is what setup.sh points kubelet at
+    and what clean.sh (and so package removal) recognizes as the relay."""
+    root = tmp_path / "root"
+    make_tree(root, LAYOUTS["kubeadm-flags"])
+    conf = root / "etc/cri-resmgr"
+    conf.mkdir(parents=True)
+    (conf / "local.conf").write_text("[relay]\nsocket = /run/cri-resmgr/other.sock\n")
+    original = snapshot(root)
+    done = script("setup.sh", root, cri_resmgr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    flags = (root / "var/lib/kubelet/kubeadm-flags.env").read_text()
+    assert "--container-runtime-endpoint=unix:///run/cri-resmgr/other.sock " in flags, flags
+    assert RELAY not in flags
+    assert status(cri_resmgr, root) == 0
+    back = script("clean.sh", root, cri_resmgr)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert snapshot(root) == original
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["lib.sh", "install.sh", "setup.sh", "clean.sh"]
+    + [f"debian/cri-resource-manager.{s}" for s in ("postinst", "prerm", "postrm", "config")],
+)
+def test_no_relay_socket_path_in_scripts(path: str) -> None:
+    """The socket comes from the configuration (`cri-resmgr kubelet` reads it)."""
+    text = (REPO / path).read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert "cri-resmgr.sock" not in code
+    spec = (REPO / "rpm/cri-resource-manager.spec").read_text()
+    assert "cri-resmgr.sock" not in spec.split("%preun", 1)[1].split("%files", 1)[0]
+
+
+# --- lib.sh: the removal path of prerm and %preun, on trees ----------------------------
+
+
+def kubelet_back(root: Path, cri_resmgr: str, force: str = "0") -> subprocess.CompletedProcess:
+    """crm_kubelet_back remove, as prerm and %preun run it, but on a tree."""
+    return subprocess.run(
+        [
+            "sh",
+            "-ec",
+            f'. "{REPO}/lib.sh"; crm_package_init; ROOT="$1"; crm_host=false; '
+            'CRI_RESMGR="$2"; crm_kubelet_back remove "$3"; echo "incomplete=$crm_incomplete"',
+            "sh",
+            str(root),
+            cri_resmgr,
+            force,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": os.environ["PATH"], "LANG": "C.UTF-8"},
+    )
+
+
+def enabled_tree(tmp_path: Path, cri_resmgr: str) -> Tuple[Path, Dict]:
+    root = tmp_path / "root"
+    make_tree(root, LAYOUTS["kubeadm-flags"])
+    original = snapshot(root)
+    assert script("setup.sh", root, cri_resmgr).returncode == 0
+    assert status(cri_resmgr, root) == 0
+    return root, original
+
+
+def test_removal_points_kubelet_back(tmp_path: Path, cri_resmgr: str) -> None:
+    root, original = enabled_tree(tmp_path, cri_resmgr)
+    done = kubelet_back(root, cri_resmgr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pointing kubelet back at the runtime first" in done.stdout
+    assert "disable: done" in done.stdout and "incomplete=false" in done.stdout
+    assert snapshot(root) == original
+    # Nothing to do the second time: quiet.
+    again = kubelet_back(root, cri_resmgr)
+    assert again.returncode == 0 and again.stdout == "incomplete=false\n", again.stdout
+
+
+def test_removal_refuses_with_a_damaged_manifest(tmp_path: Path, cri_resmgr: str) -> None:
+    """The confirmed case: a damaged manifest.json. status still says "points at the
+    relay" (exit 0), disable cannot restore: the removal stops, kubelet untouched."""
+    root, _ = enabled_tree(tmp_path, cri_resmgr)
+    manifest = root / "var/lib/cri-resmgr/kubelet-backup/manifest.json"
+    manifest.write_text("{damaged")
+    pointed = snapshot(root)
+    done = kubelet_back(root, cri_resmgr)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "could not be restored completely and still points at the relay" in done.stderr
+    assert "CRI_RESMGR_FORCE_REMOVE=1" in done.stderr
+    assert snapshot(root) == pointed
+    forced = kubelet_back(root, cri_resmgr, force="1")
+    assert forced.returncode == 0, forced.stderr
+    assert "removing anyway (CRI_RESMGR_FORCE_REMOVE=1)" in forced.stderr
+    assert "/var/lib/cri-resmgr/kubelet-backup" in forced.stderr
+    assert manifest.read_text() == "{damaged"
+
+
+def test_removal_refuses_when_status_fails(tmp_path: Path, cri_resmgr: str) -> None:
+    """`kubelet status` exits 1 (kubelet's config unreadable): nobody can tell whether
+    kubelet uses the relay, so the removal stops (it used to warn and go on)."""
+    root, _ = enabled_tree(tmp_path, cri_resmgr)
+    (root / "var/lib/kubelet/config.yaml").write_text("kind: KubeletConfiguration\nfoo: [\n")
+    done = kubelet_back(root, cri_resmgr)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot tell whether kubelet uses the relay" in done.stderr
+    assert "exit 1" in done.stderr and "CRI_RESMGR_FORCE_REMOVE=1" in done.stderr
+    assert "config.yaml" in done.stderr
+    assert kubelet_back(root, cri_resmgr, force="1").returncode == 0
+
+
+def test_removal_refuses_for_a_foreign_relay_setting(tmp_path: Path, cri_resmgr: str) -> None:
+    root, _ = enabled_tree(tmp_path, cri_resmgr)
+    extra = root / "etc/default/kubelet"
+    extra.write_text(f"KUBELET_EXTRA_ARGS=--container-runtime-endpoint={RELAY}\n")
+    done = kubelet_back(root, cri_resmgr)
+    assert done.returncode == 1
+    assert "did not make" in done.stderr and "CRI_RESMGR_FORCE_REMOVE=1" in done.stderr
+
+
+def test_removal_goes_on_when_kubelet_is_off_the_relay(tmp_path: Path, cri_resmgr: str) -> None:
+    """disable cannot restore a file that was removed after enable, but kubelet no
+    longer points at the relay: the removal is safe, a warning, the backup stays."""
+    root, _ = enabled_tree(tmp_path, cri_resmgr)
+    # kubeadm-flags.env (the file enable changed) was deleted since: not recreated.
+    (root / "var/lib/kubelet/kubeadm-flags.env").unlink()
+    done = kubelet_back(root, cri_resmgr)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "incomplete=true" in done.stdout
+    assert "some files could not be restored" in done.stderr
+    assert (root / "var/lib/cri-resmgr/kubelet-backup/manifest.json").exists()
+
+
+# --- lib.sh: the installed version, the venv re-link -------------------------------------
+
+
+def test_installed_version_of_a_missing_rpm(tmp_path: Path) -> None:
+    """`rpm -q --qf` prints "package X is not installed" on stdout: not a version."""
+    if shutil.which("rpm") is None:
+        pytest.skip("rpm is not installed")
+    dbpath = tmp_path / "rpmdb"
+    subprocess.run(["rpm", "--dbpath", str(dbpath), "--initdb"], check=True)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "rpm").write_text(f'#!/bin/sh\nexec {shutil.which("rpm")} --dbpath {dbpath} "$@"\n')
+    (fake / "rpm").chmod(0o755)
+    done = subprocess.run(
+        [
+            "sh",
+            "-c",
+            f'. "{REPO}/lib.sh"; crm_installed_version rpm cri-resource-manager; echo "rc=$?"',
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert done.stdout == "rc=0\n", done.stdout
+
+
+VENV_CFG_311 = (
+    "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.0\n"
+    "executable = /usr/bin/python3.11\n"
+)
+
+
+@pytest.mark.parametrize(
+    "cfg,link",
+    [
+        (VENV_CFG_311, "/usr/bin/python3.11-gone"),
+        # Python < 3.11 venvs have no `executable =`: home and version
+        (
+            "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.0\n",
+            "/usr/bin/python3.11-gone",
+        ),
+        # nor a usable home: where the venv's python3 link leads
+        (
+            "home = /nonexistent\ninclude-system-site-packages = false\nversion = 3.11.0\n",
+            "/usr/bin/python3.11",
+        ),
+    ],
+    ids=["executable", "home-version", "links"],
+)
+def test_relink_venv(tmp_path: Path, cfg: str, link: str) -> None:
+    """postinst triggered (python3.11 upgraded) re-points the venv's broken links."""
+    python = Path("/usr/bin/python3.11")
+    if not python.exists():
+        pytest.skip("no /usr/bin/python3.11 here")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(cfg)
+    (venv / "bin/python3.11").symlink_to(link)
+    (venv / "bin/python3").symlink_to("python3.11")
+    (venv / "bin/python").symlink_to("python3.10")  # broken: the old interpreter
+    done = subprocess.run(
+        ["sh", "-ec", f'. "{REPO}/lib.sh"; crm_relink_venv "{venv}"'],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert os.readlink(venv / "bin/python3.11") == str(python)
+    assert os.readlink(venv / "bin/python") == "python3.11"
+    assert os.readlink(venv / "bin/python3") == "python3.11"
+    version = subprocess.run(
+        [str(python), "-c", "import platform; print(platform.python_version())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert f"version = {version}\n" in (venv / "pyvenv.cfg").read_text()
+    assert "missing" not in done.stderr
