@@ -24,7 +24,8 @@ Per call (the relay runs hooks in a pool of worker threads, concurrently):
   Creation takes 100+ ms, so the lock is not held across it.
 * UpdateContainerResources from kubelet: `Policy.update` with the new resources, and
   the call is forwarded with our cpusets filled in (never swallowed); on a runtime
-  error the old size is put back.
+  error the old size is put back. Unchanged resources (kubelet's periodic reconcile)
+  are forwarded with our cpusets, without a policy call or a state write.
 * Stop/Remove of containers and sandboxes: forwarded first, then released (a runtime
   failure keeps the allocation: the container may still run; NOT_FOUND releases).
 * Knock-on updates (`Decision.updates`, e.g. the shared pool shrank) are pushed with
@@ -36,7 +37,8 @@ Per call (the relay runs hooks in a pool of worker threads, concurrently):
 * ``on-error``: ``fail`` sends the policy's error to kubelet (the relay maps
   `errors.Error` subclasses to gRPC codes); ``pass`` logs it and forwards the request
   unmodified.
-* The state is saved after every change, before the reply. A failed save is logged
+* The state is saved after every change, before the reply; a call that changes
+  nothing (a stop of an unknown or stopped container) writes nothing. A failed save is logged
   and does not fail the call (the runtime already acted; a restart rebuilds the state
   from the runtime, placing unknown containers through the policy again).
 
@@ -758,10 +760,22 @@ class Hooks:
         if req is None:
             return forward(request)
         cid = req.container_id
+        resources = _plain(req.linux)
+        current: Optional[Placement] = None
         with self._lock:
-            prepared = self._prepare_update(cid, _plain(req.linux))
+            entry = self.state.containers.get(cid)
+            if entry is None or entry.stopped:
+                prepared = None  # not ours (see resync), or no longer placed
+            elif entry.resources == resources:
+                # kubelet's periodic reconcile: nothing to decide or to write
+                prepared, current = None, entry.placement
+            else:
+                prepared = self._prepare_update(cid, resources)
         if prepared is None:
-            return forward(request)  # not ours (see resync), or no longer placed
+            if current is not None:  # the runtime still gets our cpusets
+                _write_placement(req.linux, current)
+                request = req.SerializeToString()
+            return forward(request)
         old, pod, container, placement = prepared
         self._push(info)
         if placement is not None:
@@ -779,15 +793,13 @@ class Hooks:
 
     def _prepare_update(
         self, cid: str, resources: LinuxResources
-    ) -> Optional[Tuple[ContainerEntry, Pod, Container, Optional[Placement]]]:
-        """Re-place a container for new resources (caller holds the lock).
+    ) -> Tuple[ContainerEntry, Pod, Container, Optional[Placement]]:
+        """Re-place a tracked, running container for new resources (caller holds the lock).
 
-        Returns (old entry, pod, new container record, placement to write), or None for
-        containers the hooks do not track. Raises the policy's error with on-error=fail.
+        Returns (old entry, pod, new container record, placement to write). Raises the
+        policy's error with on-error=fail.
         """
-        entry = self.state.containers.get(cid)
-        if entry is None or entry.stopped:
-            return None
+        entry = self.state.containers[cid]
         old = dataclasses.replace(entry)
         pod = self._pod_of(entry)
         container = podspec.make_container(
@@ -856,17 +868,20 @@ class Hooks:
         """Release the containers `select()` names (called under the lock, after the
         runtime acted) from the policy; drop their entries or mark them stopped."""
         released: List[Tuple[str, str, Placement]] = []
+        changed = False
         with self._lock:
             for cid in select():
                 entry = self.state.containers.get(cid)
-                if entry is None:
-                    continue
+                if entry is None or (not drop and entry.stopped and entry.placement is None):
+                    continue  # unknown, or stopped already: nothing changes
                 self._let_go(cid, entry, released)
                 if drop:
                     self.state.drop_container(cid)
                 else:
                     self.state.update(cid, placement=None, stopped=True)
-        self._commit()
+                changed = True
+        if changed:  # else no push, no write (two fsyncs)
+            self._commit()
         self._log_released(released)
 
     def _drop_pod(self, pod_id: str) -> None:
@@ -876,9 +891,12 @@ class Hooks:
         released: List[Tuple[str, str, Placement]] = []
         with self._lock:
             self._gone_pods.append(pod_id)
-            for cid, entry in self.state.drop_pod(pod_id).items():
+            known = pod_id in self.state.pods
+            dropped = self.state.drop_pod(pod_id)
+            for cid, entry in dropped.items():
                 self._let_go(cid, entry, released)
-        self._commit()
+        if known or dropped:
+            self._commit()
         self._log_released(released)
 
     @staticmethod

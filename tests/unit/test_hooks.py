@@ -727,6 +727,49 @@ def test_kubelet_update_the_policy_refuses(topo4: Topology, tmp_path: Path) -> N
     assert api_pb2.UpdateContainerResourcesRequest.FromString(raw).linux.cpuset_cpus == "1"
 
 
+def count_saves(node: Node) -> List[str]:
+    """Every `State.save` the hooks make from now on (each costs two fsyncs)."""
+    saves: List[str] = []
+    real = node.hooks.state.save
+
+    def save() -> None:
+        saves.append("save")
+        real()
+
+    node.hooks.state.save = save  # type: ignore[method-assign]
+    return saves
+
+
+def test_kubelet_update_without_a_change_decides_and_writes_nothing(
+    topo4: Topology, tmp_path: Path
+) -> None:
+    """kubelet's reconcile resends unchanged resources: forwarded with our cpusets, but no
+    policy call and no state write."""
+    node = make(topo4, tmp_path)
+    node.run_pod("web")
+    cid = node.create("web", "app", cpu=1000)
+    saves = count_saves(node)
+    updates: List[str] = []
+    real_update = node.hooks.policy.update
+
+    def update(key: str, pod: Pod, container: Container) -> Decision:
+        updates.append(key)
+        return real_update(key, pod, container)
+
+    node.hooks.policy.update = update  # type: ignore[method-assign]
+    raw = _update(node, cid, 1000)  # what it was created with
+    sent = api_pb2.UpdateContainerResourcesRequest.FromString(raw)
+    assert (sent.linux.cpuset_cpus, sent.linux.cpuset_mems, sent.linux.cpu_quota) == (
+        "1",
+        "0",
+        100000,
+    )
+    assert saves == [] and updates == []
+    _update(node, cid, 2000)  # a real resize decides and writes
+    assert updates == [cid] and saves
+    assert node.cpus(cid) == "1-2"
+
+
 # --- stop/remove -------------------------------------------------------------------------------
 
 
@@ -768,6 +811,28 @@ def test_pod_stop_and_remove_release_everything(topo4: Topology, tmp_path: Path)
     node.call("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     assert not node.hooks.state.containers and not node.hooks.state.pods
     assert saved(tmp_path)["pods"] == {}
+
+
+def test_stop_and_remove_that_change_nothing_write_nothing(topo4: Topology, tmp_path: Path) -> None:
+    """One state write per change: none for an empty pod, an unknown or already stopped
+    container; one for the removal of a pod with containers."""
+    node = make(topo4, tmp_path)
+    pod_id = node.run_pod("web")
+    empty = node.run_pod("empty")
+    cid = node.create("web", "app", cpu=1000)
+    saves = count_saves(node)
+    node.call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=empty))
+    with pytest.raises(ForwardError):  # NOT_FOUND from the runtime
+        node.call("StopContainer", api_pb2.StopContainerRequest(container_id="unknown"))
+    assert saves == []
+    node.call("StopContainer", api_pb2.StopContainerRequest(container_id=cid))
+    assert len(saves) == 1
+    node.call("StopContainer", api_pb2.StopContainerRequest(container_id=cid))  # again
+    node.call("StopPodSandbox", api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    assert len(saves) == 1
+    node.call("RemovePodSandbox", api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert len(saves) == 2 and not node.hooks.state.containers
+    assert set(saved(tmp_path)["pods"]) == {empty}
 
 
 def test_pod_removed_while_a_create_is_in_flight(topo4: Topology, tmp_path: Path) -> None:
