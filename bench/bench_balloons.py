@@ -22,21 +22,16 @@ from __future__ import annotations
 import argparse
 import functools
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from bench.bench_policy import Clock, reserved_of, stats_ms
+from bench.common import Clock, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.balloons import ANNOTATION, BalloonsPolicy
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
-from cri_resmgr.resources import synthetic
-from cri_resmgr.resources.topology import Topology, load
-
-SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
+from cri_resmgr.resources.topology import Topology
 
 #: the balloon types of every run, as Config.policy_options("balloons") gives them
 TYPES: Tuple[Tuple[str, Dict[str, Any]], ...] = (
@@ -167,22 +162,6 @@ def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
             print(f"  after {created:6d} created: {stats_ms(times)}")
             times = []
     print(f"  ({failed} allocations or resizes failed: max-cpus, max-balloons or no free CPUs)")
-
-
-def machines(tmp: Path) -> List[Tuple[str, Topology]]:
-    out: List[Tuple[str, Topology]] = []
-    if SERVER_TARBALL.is_file() and shutil.which("tar"):
-        server = tmp / "server"
-        server.mkdir()
-        subprocess.run(["tar", "-xJf", str(SERVER_TARBALL), "-C", str(server)], check=True)
-        out.append(("server (real, 112 CPUs, 4 nodes + 2 PMEM)", load(server)))
-    else:
-        print(f"(no {SERVER_TARBALL} or no tar: skipping the server topology)")
-    big = synthetic.write_sysfs(
-        tmp / "big", sockets=8, cores_per_node=28, threads_per_core=2, extras=False
-    )
-    out.append(("generated 8-socket 448-CPU", load(big.root)))
-    return out
 
 
 def main() -> None:

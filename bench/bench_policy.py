@@ -24,23 +24,18 @@ from __future__ import annotations
 import argparse
 import functools
 import random
-import shutil
-import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List
 
+from bench.common import Clock, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.allocator import CPUAllocator
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
 from cri_resmgr.policy.static import StaticPolicy
-from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
-from cri_resmgr.resources.topology import Topology, load
-
-SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
+from cri_resmgr.resources.topology import Topology
 
 POD = Pod(id="bench-pod", uid="bench-uid", name="bench", namespace="bench", qos=GUARANTEED)
 
@@ -56,43 +51,6 @@ def container(name: str, milli: int, qos: str) -> Container:
         cpu_request=milli,
         cpu_limit=milli if qos == GUARANTEED else 0,
     )
-
-
-def stats_ms(samples: List[float]) -> str:
-    """mean / median / p99 / max of samples in seconds, printed in milliseconds."""
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return (
-        f"n={len(samples):6d}  mean {statistics.fmean(samples) * 1e3:7.3f} ms  "
-        f"median {statistics.median(samples) * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  "
-        f"max {ordered[-1] * 1e3:7.3f} ms"
-    )
-
-
-def reserved_of(topology: Topology) -> CPUSet:
-    return CPUSet(topology.cpus_sorted_by_topology()[: topology.threads_per_core])
-
-
-class Clock:
-    """Wall-clock and CPU time of the calls it measures, seconds per call by label.
-
-    The CPU time (this process) is the policy's own cost; the wall-clock time also
-    counts preemption by other processes, which dominates its tail on a busy machine.
-    """
-
-    def __init__(self) -> None:
-        self.wall: Dict[str, List[float]] = {}
-        self.cpu: Dict[str, List[float]] = {}
-
-    def measure(self, label: str, fn: Callable[[], object]) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()  # raises: nothing is recorded
-        self.cpu.setdefault(label, []).append(time.process_time() - cpu)
-        self.wall.setdefault(label, []).append(time.perf_counter() - wall)
-
-    def report(self, label: str, title: str) -> None:
-        print(f"  {title:40s} wall {stats_ms(self.wall[label])}")
-        print(f"  {'':40s} cpu  {stats_ms(self.cpu[label])}")
 
 
 def fill_once(topology: Topology, seed: int, clock: Clock) -> int:
@@ -178,20 +136,6 @@ def bench_allocator(name: str, topology: Topology, number: int) -> None:
                 alloc.take(avail, count)
             per = (time.perf_counter() - start) / number * 1e6
             print(f"  take({count:3d}) from {label:9s} {per:8.1f} us")
-
-
-def machines(tmp: Path) -> List[Tuple[str, Topology]]:
-    out: List[Tuple[str, Topology]] = []
-    if SERVER_TARBALL.is_file() and shutil.which("tar"):
-        server = tmp / "server"
-        server.mkdir()
-        subprocess.run(["tar", "-xJf", str(SERVER_TARBALL), "-C", str(server)], check=True)
-        out.append(("server (real, 112 CPUs, 4 nodes + 2 PMEM)", load(server)))
-    else:
-        print(f"(no {SERVER_TARBALL} or no tar: skipping the server topology)")
-    big = synthetic.write_sysfs(tmp / "big", sockets=8, cores_per_node=28, threads_per_core=2)
-    out.append(("generated 8-socket 448-CPU", load(big.root)))
-    return out
 
 
 def main() -> None:

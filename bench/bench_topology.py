@@ -15,18 +15,15 @@ Run: `python -m bench.bench_topology [--quick]`.
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import tempfile
 import timeit
 from pathlib import Path
 from typing import Callable, List, Tuple
 
+from bench.common import extract_server
 from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology, load
-
-SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
 
 
 def per_call(fn: Callable[[], object], number: int) -> float:
@@ -94,10 +91,8 @@ def main() -> None:
         print(f"generated machine {spec}: {len(topology.online)} CPUs, {len(topology.nodes)} nodes")
         print(f"  load: {load_ms:.1f} ms")
 
-        if SERVER_TARBALL.is_file() and shutil.which("tar"):
-            server = Path(tmp) / "server"
-            server.mkdir()
-            subprocess.run(["tar", "-xJf", str(SERVER_TARBALL), "-C", str(server)], check=True)
+        server = extract_server(Path(tmp))
+        if server is not None:
             ms = min(timeit.repeat(lambda: load(server), number=1, repeat=3)) * 1e3
             print(f"real server (112 CPUs, 6 nodes): load {ms:.1f} ms")
 

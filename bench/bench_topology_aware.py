@@ -30,24 +30,20 @@ import argparse
 import functools
 import os
 import random
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from bench.bench_policy import Clock, reserved_of, stats_ms
+from bench.common import Clock, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.hooks import HookOptions, Hooks
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
 from cri_resmgr.policy.topology_aware import TopologyAwarePolicy
-from cri_resmgr.resources import synthetic
-from cri_resmgr.resources.topology import Topology, load
+from cri_resmgr.resources.topology import Topology
 from cri_resmgr.simulate import InMemoryRuntime, ScenarioError, Simulation, parse_scenario
 from cri_resmgr.state import State
 
-SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
 MEMORY_TYPE = "memory-type.cri-resource-manager.intel.com/pod"
 GIB = 1 << 30
 #: where the hooks benchmarks keep their state file (memory-backed if possible)
@@ -285,22 +281,6 @@ def bench_policy_churn(name: str, topology: Topology, total: int, block: int) ->
             p.release(key)
             times.append(time.process_time() - start)
     print(f"  ({failed} allocations or resizes failed for lack of free CPUs)")
-
-
-def machines(tmp: Path) -> List[Tuple[str, Topology]]:
-    out: List[Tuple[str, Topology]] = []
-    if SERVER_TARBALL.is_file() and shutil.which("tar"):
-        server = tmp / "server"
-        server.mkdir()
-        subprocess.run(["tar", "-xJf", str(SERVER_TARBALL), "-C", str(server)], check=True)
-        out.append(("server (real, 112 CPUs, 4 SNC nodes + 2 PMEM)", load(server)))
-    else:
-        print(f"(no {SERVER_TARBALL} or no tar: skipping the server topology)")
-    big = synthetic.write_sysfs(
-        tmp / "big", sockets=8, cores_per_node=28, threads_per_core=2, extras=False
-    )
-    out.append(("generated 8-socket 448-CPU", load(big.root)))
-    return out
 
 
 def main() -> None:

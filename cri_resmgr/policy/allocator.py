@@ -48,7 +48,7 @@ import logging
 from typing import Dict, List, Optional, Tuple
 
 from cri_resmgr.errors import AllocationError
-from cri_resmgr.resources.cpuset import CPUSet
+from cri_resmgr.resources.cpuset import CPUSet, popcount
 from cri_resmgr.resources.topology import Topology
 
 __all__ = ["CPUAllocator"]
@@ -56,16 +56,6 @@ __all__ = ["CPUAllocator"]
 log = logging.getLogger(__name__)
 
 _EMPTY = CPUSet()
-
-if hasattr(int, "bit_count"):  # Python >= 3.10
-
-    def _count(bits: int) -> int:
-        return bits.bit_count()  # type: ignore[attr-defined,no-any-return]
-
-else:  # pragma: no cover - Python 3.9
-
-    def _count(bits: int) -> int:
-        return bin(bits).count("1")
 
 
 class _Group:
@@ -85,7 +75,7 @@ class _Group:
 
     @property
     def size(self) -> int:
-        return _count(self.bits)
+        return popcount(self.bits)
 
     def __repr__(self) -> str:
         return f"{self.kind} {self.ident} ({CPUSet.from_bits(self.bits)})"
@@ -275,7 +265,7 @@ class CPUAllocator:
     def capacity(self, avail: CPUSet, full_cores: bool = False) -> int:
         """How many CPUs `take` could give from ``avail`` (whole cores only if asked)."""
         a = avail.bits & self.online_bits
-        return _count(self._whole_bits(a) if full_cores else a)
+        return popcount(self._whole_bits(a) if full_cores else a)
 
     def core_of(self, cpu: int) -> CPUSet:
         """The online threads of ``cpu``'s core."""
@@ -337,7 +327,7 @@ class CPUAllocator:
         whole = self._whole_bits(a)
         if full_cores:
             a = whole
-        have = _count(a)
+        have = popcount(a)
         if count > have:
             what = "CPUs in whole cores" if full_cores else "CPUs"
             raise AllocationError(
@@ -350,7 +340,7 @@ class CPUAllocator:
                 self.root, a, whole, rest, near=near.bits | result, full=full_cores, steps=steps
             )
             result |= got
-        if _count(result) != count:
+        if popcount(result) != count:
             raise AllocationError(
                 f"cannot pick {count} CPUs as whole cores from {CPUSet.from_bits(avail.bits)}"
             )
@@ -378,9 +368,9 @@ class CPUAllocator:
         groups = self._whole_groups
         i = 0
         while i < len(groups) and rest > 0:
-            size = _count(groups[i].bits)
+            size = popcount(groups[i].bits)
             j = i
-            while j < len(groups) and _count(groups[j].bits) == size:
+            while j < len(groups) and popcount(groups[j].bits) == size:
                 j += 1
             while rest >= size:
                 best: Optional[_Group] = None
@@ -388,7 +378,7 @@ class CPUAllocator:
                 for g in groups[i:j]:
                     if g.bits & a != g.bits:
                         continue
-                    key = (_count(a & self._parent_bits(g)), g.index)
+                    key = (popcount(a & self._parent_bits(g)), g.index)
                     if best is None or key < best_key:
                         best, best_key = g, key
                 if best is None:
@@ -427,14 +417,14 @@ class CPUAllocator:
                 ca = a & child.bits
                 if not ca:
                     continue
-                cap = _count(ca)
+                cap = popcount(ca)
                 close = 0 if child.bits & near else 1
                 if cap >= rest:
                     nodes = self._nodes_needed(child, a, rest)
                     if full:
                         bad = 0
                     else:
-                        bad = 0 if _count(whole & child.bits) >= rest - rest % tpc else 1
+                        bad = 0 if popcount(whole & child.bits) >= rest - rest % tpc else 1
                     key: Tuple[int, ...] = (nodes, close, bad, cap, child.index)
                     if best is None or key < best_key:
                         best, best_key = child, key
@@ -459,11 +449,13 @@ class CPUAllocator:
                 break
             got = a & largest.bits
             if steps is not None:
-                steps.append(f"all {_count(got)} available CPUs of {largest.kind} {largest.ident}")
+                steps.append(
+                    f"all {popcount(got)} available CPUs of {largest.kind} {largest.ident}"
+                )
             taken |= got
             a &= ~got
             whole &= ~largest.bits
-            rest -= _count(got)
+            rest -= popcount(got)
         return taken
 
     @staticmethod
@@ -471,7 +463,7 @@ class CPUAllocator:
         """The fewest NUMA nodes (or L3 groups below a node) inside ``g`` that give ``rest``."""
         if len(g.node_bits) <= 1:
             return 1
-        caps = sorted((_count(a & b) for b in g.node_bits), reverse=True)
+        caps = sorted((popcount(a & b) for b in g.node_bits), reverse=True)
         total = 0
         for n, cap in enumerate(caps, 1):
             total += cap
@@ -496,7 +488,7 @@ class CPUAllocator:
             if rest <= 0:
                 break
             if core & whole == core and core & a == core:
-                size = _count(core)
+                size = popcount(core)
                 if size <= rest:
                     taken |= core
                     rest -= size
@@ -513,7 +505,7 @@ class CPUAllocator:
             if not free:
                 continue
             sibling = 0 if core & ours else 1
-            ranked.append((sibling, _count(free), i, free))
+            ranked.append((sibling, popcount(free), i, free))
         ranked.sort()
         n_single = 0
         for _sib, _n, _i, free in ranked:

@@ -79,7 +79,7 @@ from cri_resmgr.policy.base import (
     Policy,
 )
 from cri_resmgr.policy.pools import Pool, PoolTree
-from cri_resmgr.resources.cpuset import CPUSet
+from cri_resmgr.resources.cpuset import CPUSet, popcount
 from cri_resmgr.resources.topology import DRAM, HBM, MEMORY_KINDS, PMEM, Topology
 
 __all__ = ["DEFAULT_MEMORY_KINDS", "OPTION_DEFAULTS", "Request", "TopologyAwarePolicy"]
@@ -113,16 +113,6 @@ _COLOCATION_DECAY = 0.75
 _CHARGE_ORDER = (DRAM, HBM, PMEM)
 _NAME = "[policy.topology-aware]"
 _RESERVED_POOL = "reserved"
-
-if hasattr(int, "bit_count"):  # Python >= 3.10
-
-    def _count(bits: int) -> int:
-        return bits.bit_count()  # type: ignore[attr-defined,no-any-return]
-
-else:  # pragma: no cover - Python 3.9
-
-    def _count(bits: int) -> int:
-        return bin(bits).count("1")
 
 
 @dataclass(frozen=True)
@@ -214,7 +204,7 @@ class _Snapshot:
         free = [0] * n
         for p in pools:
             i = p.index
-            c = _count(p.bits & avail)
+            c = popcount(p.bits & avail)
             shared[i] = c
             milli = policy._shared_milli[i]
             need = 0 if policy._shared_count[i] == 0 else max(1, -(-milli // 1000))
@@ -600,7 +590,7 @@ class TopologyAwarePolicy(Policy):
             all_kinds = not req.pin_mems or all(p.mem_nodes[k] for k in req.kinds)
             if req.cls == EXCLUSIVE:
                 n = req.full
-                iso = _count(p.bits & snap.iso_free) if req.isolate else 0
+                iso = popcount(p.bits & snap.iso_free) if req.isolate else 0
                 iso_ok = iso >= n if req.isolate else False
                 if not iso_ok and snap.excl_cap[i] < n:
                     continue
@@ -644,14 +634,14 @@ class TopologyAwarePolicy(Policy):
 
     def _no_room(self, container: Container, req: Request, snap: _Snapshot) -> AllocationError:
         best = max(self.tree.pools, key=lambda p: (snap.excl_cap[p.index], -p.index))
-        free_iso = _count(snap.iso_free)
+        free_iso = popcount(snap.iso_free)
         exclusive = sum(1 for g in self._grants.values() if g.exclusive)
         return AllocationError(
             f"cannot give {container.key} {req.full} exclusive CPUs: no pool can spare them "
             f"(the most is {snap.excl_cap[best.index]} in pool {best.name}"
             + (f"; {free_iso} free isolated" if req.isolate else "")
             + f"; {len(self.topology.online)} online, {len(self.reserved)} reserved, "
-            f"{_count(self._owned)} exclusive to {exclusive} container(s))"
+            f"{popcount(self._owned)} exclusive to {exclusive} container(s))"
         )
 
     def _exclusive_avail(self, pool: Pool, snap: _Snapshot) -> int:
@@ -663,7 +653,7 @@ class TopologyAwarePolicy(Policy):
         for child in pool.children:
             cb = self._exclusive_avail(child, snap)
             limit = snap.removable[child.index]
-            if _count(cb) > limit:
+            if popcount(cb) > limit:
                 cb = self.allocator.take(CPUSet.from_bits(cb), limit).bits if limit > 0 else 0
             bits |= cb
         return bits
@@ -876,7 +866,7 @@ class TopologyAwarePolicy(Policy):
             if snap.excl_cap[old.pool.index] < need:
                 return None
             avail = self._exclusive_avail(old.pool, snap)
-        if _count(avail) < need:
+        if popcount(avail) < need:
             return None
         return old.exclusive | self.allocator.take(CPUSet.from_bits(avail), need, near=current).bits
 
@@ -893,7 +883,7 @@ class TopologyAwarePolicy(Policy):
         if bits & ~snap.avail:
             return False
         for p in self.tree.pools:
-            taken = _count(p.bits & bits)
+            taken = popcount(p.bits & bits)
             if taken and (snap.spare[p.index] < taken):
                 return False
         return True

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator, Optional, Tuple, Union
 
-__all__ = ["CPUSet", "MAX_CPU_ID"]
+__all__ = ["MAX_CPU_ID", "CPUSet", "popcount"]
 
 # Largest CPU id accepted from text or ints. The kernel's NR_CPUS tops out at 8192
 # (`.../cpu/kernel_max` is 8191 on distribution kernels); this leaves room for more
@@ -49,7 +49,18 @@ _BYTE_BITS: Tuple[Tuple[int, ...], ...] = tuple(
     tuple(i for i in range(8) if (byte >> i) & 1) for byte in range(256)
 )
 
-_popcount = getattr(int, "bit_count", None)  # Python >= 3.10
+if hasattr(int, "bit_count"):  # Python >= 3.10
+
+    def popcount(bits: int) -> int:
+        """The number of set bits of a non-negative int (the size of a CPU bitmask)."""
+        return bits.bit_count()  # type: ignore[attr-defined,no-any-return]
+
+else:  # pragma: no cover - Python 3.9
+
+    def popcount(bits: int) -> int:
+        """The number of set bits of a non-negative int (the size of a CPU bitmask)."""
+        return bin(bits).count("1")
+
 
 CPUSetLike = Union["CPUSet", Iterable[int]]
 
@@ -284,9 +295,7 @@ class CPUSet:
     # -- container protocol ------------------------------------------------------
 
     def __len__(self) -> int:
-        if _popcount is not None:
-            return _popcount(self._bits)
-        return bin(self._bits).count("1")
+        return popcount(self._bits)
 
     def __bool__(self) -> bool:
         return self._bits != 0

@@ -9,8 +9,9 @@ from typing import Callable, Set
 import pytest
 
 from cri_resmgr.errors import AllocationError
+from cri_resmgr.policy import allocator, topology_aware
 from cri_resmgr.policy.allocator import CPUAllocator
-from cri_resmgr.resources import synthetic
+from cri_resmgr.resources import cpuset, synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology, load
 
@@ -236,3 +237,11 @@ def test_l3_groups_inside_a_node(tmp_path: Path) -> None:
     assert got <= l3[0]
     # 7 CPUs do not fit L3 0 any more: L3 1 (one group) rather than both
     assert alloc.take(avail, 7) <= l3[1]
+
+
+def test_one_popcount() -> None:
+    """The policies count bits with `cpuset.popcount`, not copies of their own."""
+    assert [cpuset.popcount(b) for b in (0, 1, 0b1011, (1 << 447) | 1)] == [0, 1, 3, 2]
+    assert allocator.popcount is cpuset.popcount
+    assert topology_aware.popcount is cpuset.popcount
+    assert len(CPUSet.from_bits((1 << 448) - 1)) == 448
