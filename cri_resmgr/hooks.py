@@ -346,7 +346,7 @@ class Hooks:
         )
         self._inflight: Dict[str, _Inflight] = {}
         self._dirty: Set[str] = set()  # container ids whose placement the runtime lacks
-        self._resynced = False  # restore happens at the first resync only
+        self._resynced: Optional[ResyncReport] = None  # what the start-up resync did
         # sandboxes removed lately, for creates that were in flight meanwhile
         self._gone_pods: Deque[str] = collections.deque(maxlen=1024)
         self._closed = False
@@ -965,19 +965,27 @@ class Hooks:
 
         Without a runtime client only steps 2, 3, 4 (for the state's containers) and
         the save happen. Raises `errors.RuntimeUnavailable` if the runtime cannot list
-        its pods and containers. Calling it again later (while serving) repeats steps 1,
-        4 and 5 only: what vanished is released, what is unknown is adopted.
+        its pods and containers (nothing changed then; it may be called again).
+
+        It runs once, at start-up: while the relay serves, the runtime's view (taken
+        outside the lock) would be stale against calls in flight, dropping containers
+        created after the listing and adopting ones whose create is about to bind. A
+        later call changes nothing, logs a warning and returns the start-up report.
         """
+        if self._resynced is not None:
+            log.warning("resync runs once, at start-up; this call changes nothing")
+            return self._resynced
         report = ResyncReport()
         view = self._runtime_view() if self.runtime is not None else None
         topology, reserved = self.policy.topology, self.policy.reserved
         with self._lock:
+            if self._resynced is not None:  # another thread's got there first
+                return self._resynced
+            self._resynced = report
             to_place: List[str] = []
-            first = not self._resynced
-            self._resynced = True
             if view is not None:
-                self._drop_vanished(view, report, release=not first)
-            for cid, entry in list(self.state.containers.items()) if first else ():
+                self._drop_vanished(view, report)
+            for cid, entry in list(self.state.containers.items()):
                 p = entry.placement
                 if p is None:
                     if not entry.stopped:
@@ -999,8 +1007,7 @@ class Hooks:
                     self.state.set_placement(cid, None)
                     to_place.append(cid)
                     report.replaced.append(f"{entry.container.key} ({cid})")
-            if first:
-                self._restore(report, to_place)
+            self._restore(report, to_place)
             if view is not None:
                 self._adopt(view, report, to_place)
             self._place(to_place, report)
@@ -1079,34 +1086,22 @@ class Hooks:
                     _placement_text(decision.placement),
                 )
 
-    def _drop_vanished(self, view: _RuntimeView, report: ResyncReport, release: bool) -> None:
-        """Forget what the runtime no longer has; `release` it from the policy too (the
-        policy knows it after the first resync)."""
-
-        def forget(cid: str) -> None:
-            if release:
-                try:
-                    self._apply_updates(self.policy.release(cid).updates, skip=cid)
-                except Exception:  # noqa: BLE001 - it is gone either way
-                    log.exception("policy %s failed to release %s", self.name, _short(cid))
-            self._dirty.discard(cid)
-
+    def _drop_vanished(self, view: _RuntimeView, report: ResyncReport) -> None:
+        """Forget what the runtime no longer has (before `_restore`: the policy does not
+        know these containers yet, nothing to release)."""
         for pod_id in [p for p in self.state.pods if p not in view.sandboxes]:
             for cid, entry in self.state.drop_pod(pod_id).items():
-                forget(cid)
                 report.dropped.append(f"{entry.container.key} ({cid})")
             log.info("pod %s is gone from the runtime; forgotten", pod_id)
         for cid, entry in list(self.state.containers.items()):
             listed = view.containers.get(cid)
             if listed is None:
-                forget(cid)
                 self.state.drop_container(cid)
                 report.dropped.append(f"{entry.container.key} ({cid})")
                 log.info(
                     "%s (%s) is gone from the runtime; forgotten", entry.container.key, _short(cid)
                 )
             elif listed.state not in _LIVE_STATES and not entry.stopped:
-                forget(cid)
                 self.state.update(cid, placement=None, stopped=True)
                 log.info("%s (%s) has exited; its CPUs are free", entry.container.key, _short(cid))
 

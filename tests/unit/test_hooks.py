@@ -1100,6 +1100,22 @@ def test_resync_survives_a_failing_restore(topo4: Topology, tmp_path: Path) -> N
     assert node2.hooks.policy.placements()[cid].cpu_class == EXCLUSIVE
 
 
+def test_resync_runs_once(topo4: Topology, tmp_path: Path, caplog: Any) -> None:
+    """A second resync (while serving) changes nothing: it does not even ask the runtime,
+    so it cannot drop containers created after its listing or adopt in-flight ones."""
+    node = make(topo4, tmp_path)  # resynced at start-up
+    node.run_pod("web")
+    cid = node.create("web", "app", cpu=1000)
+    listings: List[Any] = []
+    stub = node.runtime.runtime
+    real_list = stub.ListPodSandbox
+    stub.ListPodSandbox = lambda req, timeout=None: listings.append(req) or real_list(req, timeout)
+    assert node.hooks.resync() is node.report
+    assert listings == []
+    assert set(node.hooks.policy.placements()) == {cid}
+    assert "resync runs once" in caplog.text
+
+
 def test_resync_when_the_runtime_does_not_answer(topo4: Topology, tmp_path: Path) -> None:
     runtime = InMemoryRuntime()
     runtime.fail("ListPodSandbox", "UNAVAILABLE")
