@@ -7,6 +7,9 @@
   of `release` while it drains, as wall-clock and CPU time; on the real 112-CPU
   server topology (tests/data/topologies/server.tar.xz) and on a generated 8-socket
   448-CPU machine.
+* **many balloons**: allocate+release pairs next to up to 100 one-core balloons
+  whose containers share idle CPUs (none, core, NUMA node), and the time of
+  recomputing every balloon's placement with nothing changed.
 * **churn**: 10,000 containers created and removed (a steady population of about 200,
   a fifth of them resized once), the CPU time per decision printed per block of
   1,000 so that one can see it stays flat.
@@ -122,6 +125,45 @@ def bench_fill(name: str, topology: Topology, rounds: int) -> None:
     clock.report("release", "release (RemoveContainer)")
 
 
+def _pair(p: BalloonsPolicy, key: str, pod: Pod, c: Container) -> None:
+    p.allocate(key, pod, c)
+    p.release(key)
+
+
+def bench_many_balloons(name: str, topology: Topology, pairs: int) -> None:
+    """Allocate+release pairs (each makes and deletes a balloon, so the idle CPUs
+    change) next to up to 100 one-core balloons that share idle CPUs at a level, and
+    the cost of recomputing every balloon's placement (`_refresh`) with nothing changed."""
+    tpc = max(1, topology.threads_per_core)
+    reserved = reserved_of(topology)
+    usable = len(topology.online - reserved - topology.isolated)
+    count = min(100, usable // tpc // 2)  # half the machine stays idle
+    print(f"{name}: {count} one-core balloons, {pairs} allocate+release pairs")
+    for level in ("", "core", "numa"):
+        btype = {"namespaces": ("b",), "prefer-new-balloons": True}
+        if level:
+            btype["share-idle-cpus-in-same"] = level
+        p = BalloonsPolicy(topology, reserved, {"types": (("b", btype),)})
+        for i in range(count):
+            pod = Pod(id=f"pod{i}", uid=f"u{i}", name=f"p{i}", namespace="b")
+            c = Container(
+                id="", pod_id=pod.id, name="c", pod_name=pod.name, namespace="b", cpu_request=500
+            )
+            p.allocate(f"k{i}", pod, c)
+        clock = Clock()
+        pod = Pod(id="extra", uid="extra", name="extra", namespace="b")
+        c = Container(
+            id="", pod_id=pod.id, name="c", pod_name=pod.name, namespace="b", cpu_request=500
+        )
+        pair = functools.partial(_pair, p, "extra", pod, c)
+        for _ in range(pairs):
+            clock.measure("pair", pair)
+            clock.measure("refresh", p._refresh)  # noqa: SLF001 - what the pairs repeat
+        what = f"idle CPUs per {level}" if level else "no idle CPU sharing"
+        clock.report("pair", f"{what}: allocate+release")
+        clock.report("refresh", "  _refresh (nothing changed)")
+
+
 def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
     rng = random.Random(42)
     p = make_policy(topology)
@@ -173,6 +215,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-balloons-") as tmp:
         for name, topology in machines(Path(tmp)):
             bench_fill(name, topology, rounds)
+            bench_many_balloons(name, topology, 50 if args.quick else 500)
             bench_churn(name, topology, churn, churn // 10)
             print()
 

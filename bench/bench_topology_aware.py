@@ -9,6 +9,9 @@
   order; as wall-clock and CPU time; on the real 112-CPU server topology (SNC, PMEM,
   isolated CPUs: tests/data/topologies/server.tar.xz) and on a generated 8-socket
   448-CPU machine.
+* **1000 shared**: exclusive allocate+release pairs next to 1000 shared containers
+  (each pair shrinks and widens a pool, so the shared containers there are updated
+  twice), and the static policy on the same workload for scale.
 * **hooks**: CreateContainer (and its StartContainer) through the real hooks
   (`simulate`: the request bytes decoded, the policy, the request rewritten, the state
   saved, the in-memory runtime answering): the whole relay-side cost. The state
@@ -33,12 +36,13 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Tuple, Type
 
 from bench.common import Clock, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.hooks import HookOptions, Hooks
-from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
+from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod, Policy
+from cri_resmgr.policy.static import StaticPolicy
 from cri_resmgr.policy.topology_aware import TopologyAwarePolicy
 from cri_resmgr.resources.topology import Topology
 from cri_resmgr.simulate import InMemoryRuntime, ScenarioError, Simulation, parse_scenario
@@ -123,6 +127,37 @@ def bench_fill(name: str, topology: Topology, rounds: int) -> None:
     clock.report("exclusive", "allocate exclusive (next to 100 shared)")
     clock.report("shared", "allocate shared")
     clock.report("release", "release")
+
+
+def _pair(p: Policy, key: str, pod: Pod, c: Container) -> None:
+    p.allocate(key, pod, c)
+    p.release(key)
+
+
+def bench_many_shared(name: str, topology: Topology, shared: int, pairs: int) -> None:
+    """Exclusive allocate+release pairs next to ``shared`` small shared containers: every pair
+    shrinks and widens a pool's shared CPUs, so the shared containers there get new
+    placements twice. The static policy on the same workload, for scale."""
+    print(f"{name}: {pairs} exclusive allocate+release pairs next to {shared} shared containers")
+    makers: Tuple[Tuple[str, Type[Policy]], ...] = (
+        ("topology-aware", TopologyAwarePolicy),
+        ("static", StaticPolicy),
+    )
+    for label, cls in makers:
+        p = cls(topology, reserved_of(topology), {})
+        rng = random.Random(5)
+        for i in range(shared):  # small ones: they leave room for exclusive CPUs
+            pod = pod_of(rng.randrange(200))
+            milli = rng.choice((0, 10, 25, 50))
+            qos = BURSTABLE if milli else BESTEFFORT
+            p.allocate(f"s{i}", pod, container(f"s{i}", pod, milli, qos))
+        clock = Clock()
+        for j in range(pairs):
+            key = f"x{j}"
+            pod = pod_of(1000 + j)
+            c = container(key, pod, 1000 * rng.randint(1, 4), GUARANTEED)
+            clock.measure("pair", functools.partial(_pair, p, key, pod, c))
+        clock.report("pair", f"{label}: allocate+release")
 
 
 def _scenario(rng: random.Random, creates: int, live: int) -> Tuple[dict, List[int]]:
@@ -293,6 +328,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-topology-aware-") as tmp:
         for name, topology in machines(Path(tmp)):
             bench_fill(name, topology, rounds)
+            bench_many_shared(name, topology, 1000, 20 if args.quick else 100)
             bench_hooks(name, topology, hooked)
             bench_policy_churn(name, topology, churn, churn // 10)
             bench_churn(name, topology, churn, churn // 10)
