@@ -197,6 +197,54 @@ def test_create_allocates_and_rewrites(topo4: Topology, tmp_path: Path, caplog: 
     assert len(placed) == 1 and "cpus 1-2" in placed[0] and "mems 0" in placed[0]
 
 
+def placed_lines(caplog: Any) -> List[str]:
+    """The INFO lines of the hooks that announce a placement."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "cri_resmgr.hooks"
+        and r.levelno == logging.INFO
+        and r.getMessage().startswith("placed ")
+    ]
+
+
+def test_one_info_line_per_placement(topo4: Topology, tmp_path: Path, caplog: Any) -> None:
+    """Moved while its create was in flight, placed again by a policy without rename,
+    adopted at the resync: each placement is one INFO line."""
+    caplog.set_level(logging.INFO, logger="cri_resmgr.hooks")
+    runtime = InMemoryRuntime()
+    node = make(topo4, tmp_path, runtime=runtime)
+    node.run_pod("be", BESTEFFORT)
+    node.run_pod("web")
+    real = node.runtime.forward(RS + "CreateContainer")
+
+    def meanwhile(request: bytes) -> bytes:
+        node.create("web", "g", cpu=2000)  # moves the shared pool under the in-flight one
+        return real(request)
+
+    node.call("CreateContainer", node.create_request("be", "s"), forward=meanwhile)
+    lines = placed_lines(caplog)
+    assert len(lines) == 2 and {line.split(" ")[1] for line in lines} == {
+        "default/web:g",
+        "default/be:s",
+    }
+    assert [line for line in lines if "be:s" in line][0].count("cpus 0,3") == 1
+    caplog.clear()
+    adopted = runtime.CreateContainer(node.create_request("web", "direct", cpu=1000))
+    runtime.StartContainer(api_pb2.StartContainerRequest(container_id=adopted.container_id))
+    other = make(topo4, tmp_path, runtime=runtime, policy=NoRename(topo4, CPUSet.of(0), {}))
+    # adopted, and the others placed again (a policy switch): one line each
+    assert sorted(line.split(" ")[1] for line in placed_lines(caplog)) == [
+        "default/be:s",
+        "default/web:direct",
+        "default/web:g",
+    ]
+    caplog.clear()
+    other.pods = node.pods
+    other.create("web", "late", cpu=0)  # NoRename: released and placed again under its id
+    assert [line.split(" ")[1] for line in placed_lines(caplog)] == ["default/web:late"]
+
+
 def test_undo_when_the_runtime_rejects_create(topo4: Topology, tmp_path: Path) -> None:
     node = make(topo4, tmp_path)
     node.run_pod("web")
