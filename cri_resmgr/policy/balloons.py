@@ -79,6 +79,7 @@ from cri_resmgr.policy.base import (
     SHARED,
     Container,
     Decision,
+    Entry,
     Placement,
     Pod,
     Policy,
@@ -597,9 +598,6 @@ class BalloonsPolicy(Policy):
             self.allocator, reserved, self.threads_per_core
         )
         self._of: Dict[str, _Balloon] = {}  # key -> its balloon
-        self._names: Dict[str, str] = {}  # key -> namespace/pod:container
-        self._preserved: Dict[str, Placement] = {}
-        self._placements: Dict[str, Placement] = {}
         self._groups = self._level_groups(topology)
         self._refresh()
         log.debug(
@@ -953,14 +951,7 @@ class BalloonsPolicy(Policy):
         if key not in self._placements:
             return self.allocate(key, pod, container)
         if key in self._preserved:
-            preserved = self._preserved.pop(key)
-            del self._placements[key]
-            try:
-                return self.allocate(key, pod, container)
-            except Exception:
-                self._preserved[key] = preserved
-                self._placements[key] = preserved
-                raise
+            return self._place_preserved(key, pod, container)
         balloon = self._of[key]
         pod_id, old = balloon.containers[key]
         new = max(0, container.cpu_request)
@@ -975,7 +966,7 @@ class BalloonsPolicy(Policy):
         log.debug("%s: %dm -> %dm CPU; balloon %s CPUs %s", name, old, new, balloon.name, cpus)
         return Decision(placement=balloon.placement, updates=updates)
 
-    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+    def _restore(self, entries: List[Entry], persisted: Mapping[str, Placement]) -> None:
         """Rebuild the balloons from persisted placements; re-place what no longer fits.
 
         Containers are grouped by the balloon their placement names (``pool``). A
@@ -988,14 +979,10 @@ class BalloonsPolicy(Policy):
         each); one that cannot be placed at all goes to the default balloon (WARNING).
         The balloons created at start are replaced by the adopted ones, then
         min-balloons are made up again. PRESERVED placements are adopted untouched.
-        Every placement that differs from the persisted one comes back in ``updates``.
         """
-        if self._placements:
-            raise PolicyError("restore must come before any other call of the balloons policy")
-        persisted: Dict[str, Placement] = {}
         groups: Dict[str, List[Tuple[str, Pod, Container, BalloonType]]] = {}
         redo: List[Tuple[str, Pod, Container, str]] = []
-        self._group_persisted(entries, persisted, groups, redo)
+        self._group_persisted(entries, groups, redo)
 
         # start again from the built-in balloons; the adopted ones replace the others
         reserved_balloon = self._builtin(RESERVED_TYPE)
@@ -1065,38 +1052,19 @@ class BalloonsPolicy(Policy):
                 self._placements[key].pool,
                 self._placements[key].cpus,
             )
-        updates = {
-            key: placement
-            for key, placement in self._placements.items()
-            if persisted.get(key) != placement
-        }
-        log.debug(
-            "restore: %d container(s) in %d balloon(s), %d changed; free %s",
-            len(self._placements),
-            len(self.balloons),
-            len(updates),
-            self._free,
-        )
-        return Decision(updates=updates)
+        log.debug("restore: %d balloon(s); free %s", len(self.balloons), self._free)
 
     def _group_persisted(
         self,
-        entries: Iterable[Tuple[str, Pod, Container, Placement]],
-        persisted: Dict[str, Placement],
+        entries: List[Entry],
         groups: Dict[str, List[Tuple[str, Pod, Container, BalloonType]]],
         redo: List[Tuple[str, Pod, Container, str]],
     ) -> None:
         """Sort persisted entries: PRESERVED adopted, by balloon name into ``groups``
         when still of that balloon's type, else into ``redo`` with the reason."""
         for key, pod, container, placement in entries:
-            if key in persisted:
-                log.warning("restore: %s listed twice; using the first entry", key)
-                continue
-            persisted[key] = placement
             if placement.cpu_class == PRESERVED:
-                self._preserved[key] = placement
-                self._placements[key] = placement
-                self._names[key] = container.key
+                self._adopt_preserved(key, container.key, placement)
                 continue
             try:
                 bt = self.choose_type(pod, container)
@@ -1280,23 +1248,9 @@ class BalloonsPolicy(Policy):
                 balloon.cpus = cpus
                 self.balloons.append(balloon)
 
-    def placements(self) -> Mapping[str, Placement]:
-        """Current placement of every container, by key (a copy)."""
-        return dict(self._placements)
-
     def rename(self, old: str, new: str) -> None:
         """Move a container's records from a provisional key to its container id."""
-        if old == new or old not in self._placements:
-            return
-        if new in self._placements:
-            raise PolicyError(
-                f"cannot rename {old!r} to {new!r}: {new!r} is already placed "
-                f"({self._names.get(new, new)})"
-            )
-        self._placements[new] = self._placements.pop(old)
-        self._names[new] = self._names.pop(old)
-        if old in self._preserved:
-            self._preserved[new] = self._preserved.pop(old)
+        if not self._rename_records(old, new) or new in self._preserved:
             return
         balloon = self._of.pop(old)
         pod_id, milli = balloon.containers[old]

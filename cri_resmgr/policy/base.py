@@ -16,11 +16,27 @@ flight (`Policy.rename` moves it). A policy never invents keys.
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, FrozenSet, Iterable, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    Callable,
+    ClassVar,
+    Dict,
+    FrozenSet,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Tuple,
+)
 
+from cri_resmgr.errors import PolicyError
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology
+
+#: what `Policy.restore` gets: (key, pod, container, persisted placement)
+Entry = Tuple[str, "Pod", "Container", "Placement"]
 
 # QoS classes, as kubelet names them (lower case).
 GUARANTEED = "guaranteed"
@@ -145,6 +161,12 @@ class Policy(abc.ABC):
     Calls come from one thread at a time (hooks hold a lock). A policy keeps its own
     accounting in memory; what must survive a restart is the placements, which the
     hooks persist and give back through `restore`.
+
+    Records every policy keeps (by key): ``_placements`` (the answer of `placements`,
+    kept in step by the policy), ``_names`` (``namespace/pod:container``, for
+    messages; a policy may answer `_name_of` from its own records instead) and
+    ``_preserved`` (placements adopted as they were, PRESERVED). `rename` moves the
+    three (`_rename_records`); `restore` is a template around `_restore`.
     """
 
     NAME: ClassVar[str] = ""
@@ -158,6 +180,9 @@ class Policy(abc.ABC):
         self.topology = topology
         self.reserved = reserved
         self.options = dict(options)
+        self._placements: Dict[str, Placement] = {}
+        self._names: Dict[str, str] = {}
+        self._preserved: Dict[str, Placement] = {}
 
     @classmethod
     def validate(
@@ -185,18 +210,48 @@ class Policy(abc.ABC):
         Raises `errors.PolicyError` when the new size cannot be satisfied; the old
         placement stays then."""
 
-    @abc.abstractmethod
-    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+    def restore(self, entries: Iterable[Entry]) -> Decision:
         """Adopt placements from the state file at start-up (before any other call).
         Placements that no longer fit (CPUs offline or reserved now) are re-done;
-        those changes come back in `updates`."""
+        those changes come back in `updates`.
 
-    @abc.abstractmethod
+        The template: refuse when anything is placed already, drop a key listed
+        twice (the first entry counts, a WARNING says so), let `_restore` adopt the
+        rest, and answer every placement that differs from the persisted one."""
+        if self._placements:
+            raise PolicyError(f"restore must come before any other call of the {self.NAME} policy")
+        logger = logging.getLogger(type(self).__module__)
+        persisted: Dict[str, Placement] = {}
+        unique: List[Entry] = []
+        for entry in entries:
+            key = entry[0]
+            if key in persisted:
+                logger.warning("restore: %s listed twice; using the first entry", key)
+                continue
+            persisted[key] = entry[3]
+            unique.append(entry)
+        self._restore(unique, persisted)
+        updates = {k: p for k, p in self._placements.items() if persisted.get(k) != p}
+        logger.debug("restore: %d container(s), %d changed", len(self._placements), len(updates))
+        return Decision(updates=updates)
+
+    def _restore(self, entries: List[Entry], persisted: Mapping[str, Placement]) -> None:
+        """`restore`'s policy part: adopt ``entries`` (one per key; ``persisted``: key
+        -> its persisted placement), filling ``_placements``. A policy implements
+        this or overrides `restore` as a whole."""
+        raise NotImplementedError(f"the {self.NAME} policy implements neither restore nor _restore")
+
     def placements(self) -> Mapping[str, Placement]:
-        """Current placement of every container, by key."""
+        """Current placement of every container, by key (a copy)."""
+        return dict(self._placements)
 
     def rename(self, old: str, new: str) -> None:
-        """A provisional key became the runtime's container id."""
+        """A provisional key became the runtime's container id.
+
+        Every policy here overrides it (with `_rename_records`). It is not abstract:
+        the hooks treat NotImplementedError as "release the provisional key and place
+        the container again under its id", which policies written for tests rely on.
+        """
         raise NotImplementedError
 
     def reconfigure(self, options: Mapping[str, Any]) -> Decision:
@@ -207,6 +262,76 @@ class Policy(abc.ABC):
     def pools(self) -> Mapping[str, CPUSet]:
         """Pool name -> CPUs, for status output."""
         return {}
+
+    # -- helpers for the policies ---------------------------------------------------------
+
+    def _name_of(self, key: str) -> str:
+        """``namespace/pod:container`` of a placed key, for messages (the key if unknown)."""
+        return self._names.get(key, key)
+
+    def _rename_records(self, old: str, new: str) -> bool:
+        """The part of `rename` every policy shares: move ``_placements``, ``_names``
+        and ``_preserved`` from ``old`` to ``new``. False when there is nothing to
+        move (the same key, or ``old`` is not placed); `PolicyError` when ``new`` is
+        placed already (nothing changes then)."""
+        if old == new or old not in self._placements:
+            return False
+        if new in self._placements:
+            raise PolicyError(
+                f"cannot rename {old!r} to {new!r}: {new!r} is already placed "
+                f"({self._name_of(new)})"
+            )
+        self._placements[new] = self._placements.pop(old)
+        if old in self._names:
+            self._names[new] = self._names.pop(old)
+        if old in self._preserved:
+            self._preserved[new] = self._preserved.pop(old)
+        return True
+
+    def _adopt_preserved(self, key: str, name: str, placement: Placement) -> None:
+        """Take a PRESERVED placement as it is (restore)."""
+        self._preserved[key] = placement
+        self._placements[key] = placement
+        self._names[key] = name
+
+    def _place_preserved(self, key: str, pod: Pod, container: Container) -> Decision:
+        """Resize of a container adopted as it was (PRESERVED, e.g. on-error=pass):
+        place it properly now with `allocate`; if that fails it stays preserved."""
+        preserved = self._preserved.pop(key)
+        del self._placements[key]
+        try:
+            return self.allocate(key, pod, container)
+        except Exception:
+            self._preserved[key] = preserved
+            self._placements[key] = preserved
+            raise
+
+    def _exclusive_problem(
+        self,
+        placement: Placement,
+        count: int,
+        owned: CPUSet,
+        owners: Callable[[CPUSet], Iterable[str]],
+        classes: Tuple[str, ...] = (EXCLUSIVE,),
+    ) -> str:
+        """Why a persisted placement cannot be kept as ``count`` exclusive CPUs ("" if
+        it can): not of one of ``classes``, another count, CPUs offline or reserved
+        now, or some in ``owned`` already (``owners(cpus)``: who has them)."""
+        cpus = placement.exclusive
+        if placement.cpu_class not in classes or not cpus:
+            return f"it was {placement.cpu_class}, not exclusive"
+        if len(cpus) != count:
+            return f"it held {len(cpus)} exclusive CPUs but asks for {count}"
+        gone = cpus - self.topology.online
+        if gone:
+            return f"CPUs {gone} are not online"
+        reserved = cpus & self.reserved
+        if reserved:
+            return f"CPUs {reserved} are reserved now"
+        double = cpus & owned
+        if double:
+            return f"CPUs {double} are already exclusive to {', '.join(sorted(owners(double)))}"
+        return ""
 
     @classmethod
     def description(cls) -> str:

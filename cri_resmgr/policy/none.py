@@ -9,9 +9,9 @@ runtime directly.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Tuple
+from typing import List, Mapping
 
-from cri_resmgr.policy.base import Container, Decision, Placement, Pod, Policy
+from cri_resmgr.policy.base import Container, Decision, Entry, Placement, Pod, Policy
 
 __all__ = ["NonePolicy"]
 
@@ -45,13 +45,8 @@ class NonePolicy(Policy):
         """Leave the request untouched."""
         return Decision()
 
-    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+    def _restore(self, entries: List[Entry], persisted: Mapping[str, Placement]) -> None:
         """Ignore persisted placements (of this or another policy): nothing moves."""
-        return Decision()
-
-    def placements(self) -> Mapping[str, Placement]:
-        """The none policy places nothing."""
-        return {}
 
     def rename(self, old: str, new: str) -> None:
         """Nothing is tracked by key."""

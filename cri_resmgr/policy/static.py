@@ -38,7 +38,7 @@ decisions worth knowing when changing the code:
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from cri_resmgr.errors import AllocationError, PolicyError
 from cri_resmgr.policy.allocator import CPUAllocator
@@ -48,6 +48,7 @@ from cri_resmgr.policy.base import (
     SHARED,
     Container,
     Decision,
+    Entry,
     Placement,
     Pod,
     Policy,
@@ -147,9 +148,6 @@ class StaticPolicy(Policy):
         self._exclusive: Dict[str, CPUSet] = {}
         self._owned = CPUSet()
         self._shared: Dict[str, None] = {}
-        self._preserved: Dict[str, Placement] = {}
-        self._placements: Dict[str, Placement] = {}
-        self._names: Dict[str, str] = {}  # key -> namespace/pod:container, for messages
         # key -> its exclusive CPUs before its last resize: resizing back returns to them
         self._previous: Dict[str, CPUSet] = {}
         pool = self._pool_for(self._owned)
@@ -369,7 +367,7 @@ class StaticPolicy(Policy):
         """Forget a container; its exclusive CPUs go back to the shared pool."""
         if key not in self._placements:
             return Decision()
-        name = self._names.get(key, key)
+        name = self._name_of(key)
         cpus = self._forget(key)
         if cpus is None:
             log.debug("%s: released", name)
@@ -389,15 +387,7 @@ class StaticPolicy(Policy):
         if key not in self._placements:
             return self.allocate(key, pod, container)
         if key in self._preserved:
-            # placed as-is before (e.g. on-error=pass): try to place it properly now
-            preserved = self._preserved.pop(key)
-            del self._placements[key]
-            try:
-                return self.allocate(key, pod, container)
-            except Exception:
-                self._preserved[key] = preserved
-                self._placements[key] = preserved
-                raise
+            return self._place_preserved(key, pod, container)
         count = container.exclusive_cpus
         current = self._exclusive.get(key)
         if current is None:
@@ -421,13 +411,14 @@ class StaticPolicy(Policy):
             self._previous[key] = current
             log.debug("%s: resized from exclusive CPUs %s to the shared pool", name, current)
             return Decision(placement=self._shared_placement, updates=updates)
-        cpus = self._previous_cpus(key, name, count, current)
-        if cpus is None:
-            if count > have:
-                cpus = current | self._pick(name, count, current)
-            else:
-                self._check_full_cores(name, count)
-                cpus = self.allocator.keep(current, count, full_cores=self.full_pcpus_only)
+        previous = self._previous_cpus(key, name, count, current)
+        if previous is not None:
+            cpus = previous
+        elif count > have:
+            cpus = current | self._pick(name, count, current)
+        else:
+            self._check_full_cores(name, count)
+            cpus = self.allocator.keep(current, count, full_cores=self.full_pcpus_only)
         self._owned = (self._owned - current) | cpus
         self._exclusive[key] = cpus
         self._previous[key] = current
@@ -455,7 +446,7 @@ class StaticPolicy(Policy):
             return None
         return previous
 
-    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+    def _restore(self, entries: List[Entry], persisted: Mapping[str, Placement]) -> None:
         """Adopt persisted placements; re-place the exclusive ones that no longer fit.
 
         An exclusive placement is kept when its CPUs are all online, none is reserved
@@ -463,23 +454,13 @@ class StaticPolicy(Policy):
         container asks, and (with full-pcpus-only) they are whole cores. Others are
         re-placed (one INFO line each); one that cannot be re-placed runs in the
         shared pool (a WARNING says so). Shared containers get the current shared
-        pool. Everything that differs from what was persisted comes back in
-        ``updates``; PRESERVED placements are adopted untouched.
+        pool. PRESERVED placements are adopted untouched.
         """
-        if self._placements:
-            raise PolicyError("restore must come before any other call of the static policy")
-        persisted: Dict[str, Placement] = {}
         redo: List[Tuple[str, Container, str]] = []
         for key, _pod, container, placement in entries:
-            if key in persisted:
-                log.warning("restore: %s listed twice; using the first entry", key)
-                continue
-            persisted[key] = placement
             name = container.key
             if placement.cpu_class == PRESERVED:
-                self._preserved[key] = placement
-                self._placements[key] = placement
-                self._names[key] = name
+                self._adopt_preserved(key, name, placement)
                 continue
             count = container.exclusive_cpus
             if count == 0:
@@ -517,68 +498,39 @@ class StaticPolicy(Policy):
                 old.cpus,
                 cpus,
             )
-
-        updates = {
-            key: placement
-            for key, placement in self._placements.items()
-            if persisted.get(key) != placement
-        }
         log.debug(
-            "restore: %d container(s), %d exclusive, %d shared, %d changed; shared pool %s",
-            len(self._placements),
+            "restore: %d exclusive, %d shared; shared pool %s",
             len(self._exclusive),
             len(self._shared),
-            len(updates),
             self._pool,
         )
-        return Decision(updates=updates)
 
     def _restore_problem(self, placement: Placement, count: int) -> str:
         """Why a persisted placement cannot be kept as exclusive ("" if it can)."""
-        cpus = placement.exclusive
-        if placement.cpu_class != EXCLUSIVE or not cpus:
-            return f"it was in the {placement.cpu_class} class, not exclusive"
-        if len(cpus) != count:
-            return f"it held {len(cpus)} exclusive CPUs but asks for {count}"
-        gone = cpus - self.topology.online
-        if gone:
-            return f"CPUs {gone} are not online"
-        reserved = cpus & self.reserved
-        if reserved:
-            return f"CPUs {reserved} are reserved now"
-        double = cpus & self._owned
-        if double:
-            owners = sorted(self._names.get(k, k) for k, c in self._exclusive.items() if c & double)
-            return f"CPUs {double} are already exclusive to {', '.join(owners)}"
-        if self.full_pcpus_only and not self.allocator.is_whole_cores(cpus):
-            return f"CPUs {cpus} are not whole cores (full-pcpus-only)"
-        if self.full_pcpus_only and count % self.threads_per_core:
+        problem = self._exclusive_problem(
+            placement,
+            count,
+            self._owned,
+            lambda double: (self._name_of(k) for k, c in self._exclusive.items() if c & double),
+        )
+        if problem or not self.full_pcpus_only:
+            return problem
+        if not self.allocator.is_whole_cores(placement.exclusive):
+            return f"CPUs {placement.exclusive} are not whole cores (full-pcpus-only)"
+        if count % self.threads_per_core:
             return "its request is not a multiple of the threads per core (full-pcpus-only)"
         return ""
 
-    def placements(self) -> Mapping[str, Placement]:
-        """Current placement of every container, by key (a copy)."""
-        return dict(self._placements)
-
     def rename(self, old: str, new: str) -> None:
         """Move a container's records from a provisional key to its container id."""
-        if old == new or old not in self._placements:
+        if not self._rename_records(old, new):
             return
-        if new in self._placements:
-            raise PolicyError(
-                f"cannot rename {old!r} to {new!r}: {new!r} is already placed "
-                f"({self._names.get(new, new)})"
-            )
-        self._placements[new] = self._placements.pop(old)
-        self._names[new] = self._names.pop(old)
         if old in self._exclusive:
             self._exclusive[new] = self._exclusive.pop(old)
         if old in self._shared:
             # keep the order of the others; the renamed one goes last
             del self._shared[old]
             self._shared[new] = None
-        if old in self._preserved:
-            self._preserved[new] = self._preserved.pop(old)
         if old in self._previous:
             self._previous[new] = self._previous.pop(old)
 

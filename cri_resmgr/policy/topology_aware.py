@@ -74,6 +74,7 @@ from cri_resmgr.policy.base import (
     SHARED,
     Container,
     Decision,
+    Entry,
     Placement,
     Pod,
     Policy,
@@ -347,7 +348,6 @@ class TopologyAwarePolicy(Policy):
         self._members: List[Dict[str, None]] = [{} for _ in range(n)]
         self._published = [p.bits & self._shareable_base for p in self.tree.pools]
         self._grants: Dict[str, _Grant] = {}
-        self._placements: Dict[str, Placement] = {}
         self._pod_pools: Dict[str, Dict[str, int]] = {}  # pod id -> key -> pool index
         self._reported: Dict[str, Tuple[Malformed, ...]] = {}
         self._previous: Dict[str, _Grant] = {}  # key -> its grant before the last resize
@@ -888,27 +888,17 @@ class TopologyAwarePolicy(Policy):
                 return False
         return True
 
-    def restore(self, entries: Iterable[Tuple[str, Pod, Container, Placement]]) -> Decision:
+    def _restore(self, entries: List[Entry], persisted: Mapping[str, Placement]) -> None:
         """Adopt persisted placements; re-place those that no longer fit.
 
         Exclusive CPUs are kept when they are all online, none is reserved or taken by
         a container adopted before, the count still matches the request and the
         container still asks for exclusive CPUs. Shared containers keep their pool.
         Others are placed again (one INFO line each); an exclusive container that
-        cannot be placed again runs on shared CPUs (a WARNING says so). Everything
-        that differs from what was persisted comes back in ``updates``.
+        cannot be placed again runs on shared CPUs (a WARNING says so).
         """
-        if self._grants:
-            raise PolicyError(
-                "restore must come before any other call of the topology-aware policy"
-            )
-        persisted: Dict[str, Placement] = {}
         wanted: Dict[str, Tuple[Container, Request, Reader]] = {}
-        for key, _pod, container, placement in entries:
-            if key in persisted:
-                log.warning("restore: %s listed twice; using the first entry", key)
-                continue
-            persisted[key] = placement
+        for key, _pod, container, _placement in entries:
             req, reader = self._request(container)
             wanted[key] = (container, req, reader)
 
@@ -920,14 +910,7 @@ class TopologyAwarePolicy(Policy):
         self._refresh()
         for key, g in self._grants.items():
             self._placements[key] = self._placement(g)
-        updates = {k: p for k, p in self._placements.items() if persisted.get(k) != p}
-        log.debug(
-            "restore: %d container(s), %d exclusive, %d changed",
-            len(self._grants),
-            sum(1 for g in self._grants.values() if g.exclusive),
-            len(updates),
-        )
-        return Decision(updates=updates)
+        log.debug("restore: %d exclusive", sum(1 for g in self._grants.values() if g.exclusive))
 
     def _adopt_all(
         self,
@@ -1014,22 +997,15 @@ class TopologyAwarePolicy(Policy):
 
     def _restore_problem(self, placement: Placement, req: Request) -> str:
         """Why a persisted placement cannot be kept as exclusive ("" if it can)."""
-        cpus = placement.exclusive
-        if placement.cpu_class not in (EXCLUSIVE, ISOLATED) or not cpus:
-            return f"it was {placement.cpu_class}, not exclusive"
-        if len(cpus) != req.full:
-            return f"it held {len(cpus)} exclusive CPUs but asks for {req.full}"
-        gone = cpus - self.topology.online
-        if gone:
-            return f"CPUs {gone} are not online"
-        reserved = cpus & self.reserved
-        if reserved:
-            return f"CPUs {reserved} are reserved now"
-        double = cpus.bits & self._owned
-        if double:
-            owners = sorted(g.container.key for g in self._grants.values() if g.exclusive & double)
-            return f"CPUs {CPUSet.from_bits(double)} are already exclusive to {', '.join(owners)}"
-        return ""
+        return self._exclusive_problem(
+            placement,
+            req.full,
+            CPUSet.from_bits(self._owned),
+            lambda double: (
+                g.container.key for g in self._grants.values() if g.exclusive & double.bits
+            ),
+            classes=(EXCLUSIVE, ISOLATED),
+        )
 
     def _adopt_memory(
         self, start: Pool, req: Request, mems: Optional[CPUSet]
@@ -1043,22 +1019,16 @@ class TopologyAwarePolicy(Policy):
                         return p, mems, self._charge(p, kinds, req.memory)
         return self._memory(start, req)
 
-    def placements(self) -> Mapping[str, Placement]:
-        """Current placement of every container, by key (a copy)."""
-        return dict(self._placements)
+    def _name_of(self, key: str) -> str:
+        g = self._grants.get(key)
+        return key if g is None else g.container.key
 
     def rename(self, old: str, new: str) -> None:
         """Move a container's records from a provisional key to its container id."""
-        if old == new or old not in self._grants:
+        if not self._rename_records(old, new):
             return
-        if new in self._grants:
-            raise PolicyError(
-                f"cannot rename {old!r} to {new!r}: {new!r} is already placed "
-                f"({self._grants[new].container.key})"
-            )
         g = self._grants.pop(old)
         self._grants[new] = g
-        self._placements[new] = self._placements.pop(old)
         if g.pool is not None:
             members = self._members[g.pool.index]
             if old in members:
