@@ -5,7 +5,8 @@
   Debian packages are installed (scripts/ensure-deps.sh deb rpm nspawn).
 * `deb_package` / `rpm_package` (session): `make deb` / `make rpm`, once per session.
 * `nspawn_root` (session): the Debian 12 root under build/nspawn-root, made once
-  (debootstrap, ~1 min) and reused across runs, with the .deb's dependencies.
+  (debootstrap, ~1 min) and reused across runs, with the .deb's dependencies and
+  logrotate.
 * `boot` (function): `boot(name) -> Machine`, an ephemeral boot of that root with
   the repository at /src (read-only); every machine is stopped after the test or
   module that asked for it (see `machine_factory`).
@@ -118,7 +119,8 @@ def nspawn_root(packaging_deps: None, deb_package: Path) -> Path:
         ).stdout
         # First alternative of each dependency, without versions.
         names = [d.split("|")[0].split("(")[0].strip() for d in depends.split(",")]
-        ensure_packages(root, [n for n in names if n])
+        # logrotate: test_deb_install.py rotates the CRI dump with the shipped file.
+        ensure_packages(root, [n for n in names if n] + ["logrotate"])
     except NspawnError as exc:
         pytest.fail(str(exc), pytrace=False)
     return root

@@ -52,7 +52,8 @@ def test_debconf_yes_points_kubelet(m: Machine, deb_package, kubelet_before) -> 
         input="cri-resource-manager cri-resource-manager/kubelet-enable boolean true\n",
     )
     out = apt(m, "install", f"/src/dist/{deb_package.name}")
-    assert "enable: done" in out, out
+    # postinst ran the shipped setup.sh: it checked the service and restarted kubelet.
+    assert "enable: done" in out and "setup.sh: restarting kubelet" in out, out
     assert is_active(m) == "active"
     assert kubelet_starts(m) == starts + 1
     last = kubelet_log(m).splitlines()[-1]
@@ -64,7 +65,7 @@ def test_debconf_yes_points_kubelet(m: Machine, deb_package, kubelet_before) -> 
 
 def test_purge_while_kubelet_uses_relay(m: Machine, kubelet_before) -> None:  # type: ignore[no-untyped-def]
     out = apt(m, "purge", "cri-resource-manager")
-    assert "pointing it back first" in out
+    assert "pointing kubelet back at the runtime first" in out
     last = kubelet_log(m).splitlines()[-1]
     assert last.startswith("start relay=up ") and CONTAINERD in last, last
     assert kubelet_files(m) == kubelet_before
@@ -126,8 +127,8 @@ def test_install_sh_missing_runtime(m: Machine) -> None:
 def test_purge_after_install_sh(m: Machine) -> None:
     apt(m, "purge", "cri-resource-manager")
     left = m.run(
-        "ls -d /etc/cri-resmgr /var/lib/cri-resmgr /run/cri-resmgr /opt/venvs 2>&1",
+        "ls -d /etc/cri-resmgr /var/lib/cri-resmgr /run/cri-resmgr /opt/venvs /tmp/cri.dump 2>&1",
         check=False,
     ).stdout
-    assert left.count("No such file") == 4, left
+    assert left.count("No such file") == 5, left  # the dump install.sh turned on, too
     assert is_active(m) == "inactive"

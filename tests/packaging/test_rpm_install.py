@@ -45,7 +45,7 @@ def test_rpm_install_start_erase(m: Machine, rpm_package) -> None:  # type: igno
 
     # Erase while kubelet uses the relay: %preun points it back while the relay runs.
     out = m.run("rpm -e cri-resource-manager 2>&1").stdout
-    assert "pointing it back first" in out
+    assert "pointing kubelet back at the runtime first" in out
     last = kubelet_log(m).splitlines()[-1]
     assert last.startswith("start relay=up ") and CONTAINERD in last, last
     assert kubelet_files(m) == before
@@ -57,3 +57,45 @@ def test_rpm_install_start_erase(m: Machine, rpm_package) -> None:  # type: igno
         check=False,
     ).stdout
     assert left.count("No such file") == 7, left
+
+
+BACKUP = "/var/lib/cri-resmgr/kubelet-backup"
+
+
+def refused_erase(m: Machine) -> str:
+    done = m.run("rpm -e cri-resource-manager 2>&1", check=False)
+    assert done.returncode != 0, done.stdout
+    assert "CRI_RESMGR_FORCE_REMOVE=1" in done.stdout, done.stdout
+    assert m.run("rpm -q cri-resource-manager", check=False).returncode == 0
+    assert m.run(f"systemctl is-active {UNIT}").stdout.strip() == "active"
+    assert RELAY in kubelet_log(m).splitlines()[-1]
+    return done.stdout
+
+
+@pytest.mark.timeout(600)
+def test_rpm_erase_refused_then_forced_keeps_backup(m: Machine, rpm_package) -> None:  # type: ignore[no-untyped-def]
+    """%preun refuses while `kubelet status` says "the relay" (a damaged manifest) or
+    cannot tell (exit 1); a forced erase keeps the kubelet backups and says where."""
+    m.run(["rpm", "-i", "--nodeps", f"/src/dist/{rpm_package.name}"])
+    m.run(f"systemctl start {UNIT}")
+    m.run("/usr/share/cri-resource-manager/setup.sh")
+    assert RELAY in kubelet_log(m).splitlines()[-1]
+
+    m.run(f"cp {BACKUP}/manifest.json /root/manifest.json && echo '{{' > {BACKUP}/manifest.json")
+    out = refused_erase(m)
+    assert "could not be restored completely and still points at the relay" in out, out
+    m.run(f"cp /root/manifest.json {BACKUP}/manifest.json")
+
+    config = "/var/lib/kubelet/config.yaml"
+    m.run(f"echo 'foo: [' >> {config}")
+    out = refused_erase(m)
+    assert "cannot tell whether kubelet uses the relay" in out, out
+
+    done = m.run("rpm -e cri-resource-manager 2>&1", env={"CRI_RESMGR_FORCE_REMOVE": "1"})
+    assert "removing anyway (CRI_RESMGR_FORCE_REMOVE=1)" in done.stdout, done.stdout
+    assert f"kept {BACKUP}" in done.stdout, done.stdout
+    assert m.run("rpm -q cri-resource-manager", check=False).returncode != 0
+    # Only the backups are left of the state, with the copy needed to undo by hand.
+    assert m.run("ls -A /var/lib/cri-resmgr").stdout.split() == ["kubelet-backup"]
+    assert m.run(f"ls {BACKUP}/files{config} {BACKUP}/manifest.json", check=False).returncode == 0
+    assert m.run("ls -d /opt/cri-resource-manager /run/cri-resmgr", check=False).returncode != 0
