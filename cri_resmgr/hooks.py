@@ -38,9 +38,9 @@ Per call (the relay runs hooks in a pool of worker threads, concurrently):
   `errors.Error` subclasses to gRPC codes); ``pass`` logs it and forwards the request
   unmodified.
 * The state is saved after every change, before the reply; a call that changes
-  nothing (a stop of an unknown or stopped container) writes nothing. A failed save is logged
-  and does not fail the call (the runtime already acted; a restart rebuilds the state
-  from the runtime, placing unknown containers through the policy again).
+  nothing (a stop of an unknown or stopped container) writes nothing. A failed save
+  is logged and does not fail the call (the runtime already acted; a restart rebuilds
+  the state from the runtime, placing unknown containers through the policy again).
 
 One INFO line per placement names ``namespace/pod:container`` and the CPUs and memory
 nodes chosen. Times are seconds.
@@ -381,8 +381,7 @@ class Hooks:
         with self._lock:
             decision = self.policy.reconfigure(policy_options)
             self._apply_updates(decision.updates)
-        self._push(None)
-        self._save()
+        self._commit()
 
     # -- helpers
 
@@ -736,8 +735,7 @@ class Hooks:
                 self._apply_updates(decision.updates)
             except Exception:  # noqa: BLE001 - keep the runtime's error for kubelet
                 log.exception("policy %s failed to release %s", self.name, key)
-        self._push(None)
-        self._save()
+        self._commit()
         log.info(
             "runtime did not create %s (%s); released %s",
             inflight.container.key,
@@ -833,8 +831,7 @@ class Hooks:
             )
             if placement != old.placement:
                 self._dirty.add(cid)
-        self._push(None)
-        self._save()
+        self._commit()
         log.info(
             "runtime refused to resize %s (%s): %s; kept %s",
             old.container.key,
