@@ -287,9 +287,11 @@ class Service:
         loop = asyncio.get_running_loop()
         try:
             new = await loop.run_in_executor(None, cfg.load, self.config.config_dir, self.overrides)
+            if self.topology is not None:
+                # The whole new configuration must fit this machine (e.g. balloon types),
+                # even where it only takes effect at the next restart: say so now.
+                await loop.run_in_executor(None, self._check_policy, new)
             effective, live, restart = cfg.after_reload(self.config, new)
-            if self.hooks is not None:  # e.g. balloon types that no longer fit
-                await loop.run_in_executor(None, self._check_policy, effective)
         except ConfigError as exc:
             log.error("reload: configuration rejected, keeping the running one:\n%s", exc)
             if self.dump is not None:

@@ -80,6 +80,9 @@ def test_channel_options_are_kubelet_limits() -> None:
     assert dict(CHANNEL_OPTIONS) == {
         "grpc.max_send_message_length": 16 * 1024 * 1024,
         "grpc.max_receive_message_length": 16 * 1024 * 1024,
+        # reconnect within a second of a restarted runtime (not grpc's 2-minute backoff)
+        "grpc.initial_reconnect_backoff_ms": 100,
+        "grpc.max_reconnect_backoff_ms": 1000,
     }
 
 
