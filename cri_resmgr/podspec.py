@@ -225,12 +225,12 @@ def linux_resources(
 ) -> LinuxResources:
     """kubelet's calculateLinuxResources: shares, quota, period and memory limit.
 
-    A missing CPU request takes the limit's shares. With `cfs_quota` (kubelet's
+    A missing or zero CPU request takes the limit's shares. With `cfs_quota` (kubelet's
     ``--cpu-cfs-quota``, default on) the period is always set and the quota is 0
     without a limit; `disable_cpu_quota` writes quota -1 (exclusive CPUs under the
     DisableCPUQuotaWithExclusiveCPUs gate).
     """
-    if cpu_request is None and cpu_limit is not None:
+    if not cpu_request and cpu_limit:  # kubelet: cpuRequest.IsZero() && !cpuLimit.IsZero()
         shares = milli_cpu_to_shares(cpu_limit)
     else:
         shares = milli_cpu_to_shares(cpu_request or 0)

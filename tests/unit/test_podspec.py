@@ -386,3 +386,10 @@ def test_parse_memory(text: object, nbytes: int) -> None:
 def test_parse_quantity_errors(text: object) -> None:
     with pytest.raises(ValueError):
         ps.parse_quantity(text)
+
+
+def test_explicit_zero_cpu_request_takes_the_limits_shares() -> None:
+    """kubelet: `if cpuRequest.IsZero() && !cpuLimit.IsZero()` -> shares of the limit."""
+    assert ps.linux_resources(0, 2000, None).cpu_shares == 2048
+    assert ps.linux_resources(None, 2000, None).cpu_shares == 2048
+    assert ps.linux_resources(0, None, None).cpu_shares == 2
