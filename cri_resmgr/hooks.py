@@ -1046,6 +1046,8 @@ class Hooks:
                 self.name,
                 len(entries),
             )
+            # The policy may be half-restored: start from a fresh one of the same kind.
+            self.policy = self._fresh_policy()
             for cid, _, container, _ in entries:
                 self.state.set_placement(cid, None)
                 to_place.append(cid)
@@ -1053,6 +1055,12 @@ class Hooks:
             return
         report.restored.extend(f"{c.key} ({cid})" for cid, _, c, _ in entries)
         self._apply_updates(decision.updates)
+
+    def _fresh_policy(self) -> Policy:
+        """A new instance of the running policy (same machine, reserved CPUs, options)."""
+        inner = self.policy._policy if isinstance(self.policy, _Counted) else self.policy
+        fresh = type(inner)(inner.topology, inner.reserved, inner.options)
+        return _Counted(fresh, self.metrics) if self.metrics is not None else fresh
 
     def _place(self, cids: List[str], report: ResyncReport) -> None:
         for cid in cids:

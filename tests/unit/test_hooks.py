@@ -1148,6 +1148,26 @@ def test_resync_survives_a_failing_restore(topo4: Topology, tmp_path: Path) -> N
     assert node2.hooks.policy.placements()[cid].cpu_class == EXCLUSIVE
 
 
+def test_a_half_done_restore_is_thrown_away(topo4: Topology, tmp_path: Path) -> None:
+    """A restore that fails after changing the policy's accounting (it took CPUs for a
+    container, then raised) must not leave those CPUs taken: re-placing starts afresh."""
+    runtime = InMemoryRuntime()
+    node = make(topo4, tmp_path, runtime=runtime)
+    node.run_pod("web")
+    cid = node.create("web", "app", cpu=2000)
+
+    class HalfRestore(StaticPolicy):
+        def restore(self, entries: Any) -> Decision:
+            listed = list(entries)
+            self.allocate("ghost", listed[0][1], listed[0][2])  # half done ...
+            raise RuntimeError("bug")  # ... then fails
+
+    node2 = make(topo4, tmp_path, runtime=runtime, policy=HalfRestore(topo4, CPUSet.of(0), {}))
+    placements = node2.hooks.policy.placements()
+    assert "ghost" not in placements
+    assert placements[cid].cpu_class == EXCLUSIVE and len(placements[cid].cpus) == 2
+
+
 def test_resync_runs_once(topo4: Topology, tmp_path: Path, caplog: Any) -> None:
     """A second resync (while serving) changes nothing: it does not even ask the runtime,
     so it cannot drop containers created after its listing or adopt in-flight ones."""
