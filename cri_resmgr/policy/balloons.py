@@ -10,7 +10,8 @@ when changing the code:
 * **Options.** ``options`` is ``Config.policy_options("balloons")``: the keys of
   ``[policy.balloons]`` plus ``"types"``, the ``(name, values)`` pairs of
   ``Config.balloon_types()`` in file order (which is the matching order). A mapping
-  ``name -> values`` is accepted too (tests). Missing keys take the table defaults.
+  ``name -> values`` is accepted too (tests). Missing keys take the defaults of
+  `config.KEYS` (`base.with_defaults`); `config` checks the values themselves.
 * **Balloons.** ``self.balloons`` lists every balloon: the built-in ``reserved``
   balloon first (always the reserved CPUs, never resized), then ``default``, then the
   balloons of the configured types in creation order. ``default`` runs on the reserved
@@ -66,10 +67,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 
 from cri_resmgr.errors import (
     AllocationError,
-    ConfigError,
     InvalidRequest,
     PolicyError,
-    Problem,
 )
 from cri_resmgr.policy import annotation_keys as ann
 from cri_resmgr.policy.allocator import CPUAllocator
@@ -83,6 +82,8 @@ from cri_resmgr.policy.base import (
     Placement,
     Pod,
     Policy,
+    Problems,
+    with_defaults,
 )
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology
@@ -111,26 +112,8 @@ SHARE_LEVELS = ("system", "package", "die", "numa", "core")
 
 SECTION = "policy.balloons"
 TYPE_SECTION = "policy.balloons.type."
-_NAME_RE = re.compile(r"[a-z0-9-]+\Z")
 _POOL_RE = re.compile(r"([a-z0-9-]+)\[([0-9]+)\]\Z")
-_KNOWN_OPTIONS = ("on-error", "types")
-#: [policy.balloons.type.NAME] keys and their defaults (as in config.KEYS)
-_TYPE_DEFAULTS: Mapping[str, Any] = {
-    "namespaces": (),
-    "min-cpus": 0,
-    "max-cpus": 0,
-    "min-balloons": 0,
-    "max-balloons": 0,
-    "prefer-new-balloons": False,
-    "prefer-spreading-pods": False,
-    "share-idle-cpus-in-same": "",
-}
-_INT_KEYS = ("min-cpus", "max-cpus", "min-balloons", "max-balloons")
-_BOOL_KEYS = ("prefer-new-balloons", "prefer-spreading-pods")
 _NO_CPUS = CPUSet()
-
-#: (section, key) -> (file, line) of a setting, for problems; see `validate`
-Locate = Callable[[str, str], Tuple[str, Optional[int]]]
 
 
 @dataclass(frozen=True)
@@ -227,140 +210,41 @@ class _Balloon:
 # --- options and validation ------------------------------------------------------------
 
 
-def _raw(value: Any) -> str:
-    """A value as configuration text, for problems."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (tuple, list)):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-
-
-class _Problems:
-    """Collects `Problem`s, located with ``locate`` when given."""
-
-    def __init__(self, locate: Optional[Locate]) -> None:
-        self.locate = locate
-        self.items: List[Problem] = []
-
-    def add(
-        self,
-        section: str,
-        key: Optional[str],
-        value: Any,
-        message: str,
-        allowed: str = "",
-    ) -> None:
-        file, line = "", None
-        if self.locate is not None and key is not None:
-            file, line = self.locate(section, key)
-        self.items.append(
-            Problem(
-                file, line, section, key, None if value is None else _raw(value), message, allowed
-            )
-        )
-
-
-def _type_pairs(types: Any, problems: _Problems) -> List[Tuple[str, Mapping[str, Any]]]:
+def _type_pairs(types: Any) -> List[Tuple[str, Mapping[str, Any]]]:
+    """``types`` (``Config.policy_options("balloons")["types"]``: (name, values) pairs
+    in matching order, or a mapping) as a list of pairs."""
     if types is None:
         return []
     if isinstance(types, Mapping):
         return list(types.items())
-    pairs: List[Tuple[str, Mapping[str, Any]]] = []
-    try:
-        for name, values in types:
-            pairs.append((name, values))
-    except (TypeError, ValueError):
-        problems.add(SECTION, "types", types, "expected (name, values) pairs of balloon types")
-        return []
-    return pairs
+    return list(types)
 
 
-def _parse_type(name: Any, values: Any, problems: _Problems) -> Optional[BalloonType]:
-    """One type from its section's values; None (and problems) if it is unusable."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        problems.add(
-            TYPE_SECTION + str(name),
-            None,
-            None,
-            f"bad balloon type name {name!r}",
-            "lowercase letters, digits and -",
-        )
-        return None
+def _parse_type(name: str, values: Mapping[str, Any], problems: Problems) -> BalloonType:
+    """One type from its section's values (`config` checked them; defaults from its key
+    table). The reserved type takes no size: that is ``[policy] reserved-cpus``."""
     section = TYPE_SECTION + name
-    if not isinstance(values, Mapping):
-        problems.add(section, None, None, "expected the section's keys and values")
-        return None
-    before = len(problems.items)
-    unknown = sorted(set(values) - set(_TYPE_DEFAULTS))
-    for key in unknown:
-        problems.add(section, key, values[key], "unknown key", ", ".join(_TYPE_DEFAULTS))
-    merged = dict(_TYPE_DEFAULTS)
-    merged.update({k: v for k, v in values.items() if k in _TYPE_DEFAULTS})
-
-    namespaces = merged["namespaces"]
-    if isinstance(namespaces, str):
-        namespaces = tuple(w for w in re.split(r"[\s,]+", namespaces) if w)
-    if not isinstance(namespaces, (tuple, list)) or not all(
-        isinstance(n, str) and n for n in namespaces
-    ):
-        problems.add(section, "namespaces", namespaces, "expected namespace names or globs")
-        namespaces = ()
-    for key in _INT_KEYS:
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            problems.add(section, key, value, "expected a whole number", "0 or more")
-            merged[key] = 0
-    for key in _BOOL_KEYS:
-        if not isinstance(merged[key], bool):
-            problems.add(section, key, merged[key], "expected true or false")
-            merged[key] = False
-    level = merged["share-idle-cpus-in-same"]
-    if level not in ("", *SHARE_LEVELS):
-        problems.add(
-            section,
-            "share-idle-cpus-in-same",
-            level,
-            "unknown topology level",
-            ", ".join(SHARE_LEVELS) + ", or empty (idle CPUs are not shared)",
-        )
-        level = ""
-    for low, high in (("min-cpus", "max-cpus"), ("min-balloons", "max-balloons")):
-        lo, hi = merged[low], merged[high]
-        if hi and lo > hi:
-            problems.add(section, low, lo, f"{low} ({lo}) is more than {high} ({hi})")
-    if name in BUILTIN_TYPES:
-        for key in ("min-balloons", "max-balloons"):
-            if merged[key]:
-                problems.add(
-                    section,
-                    key,
-                    merged[key],
-                    f"cannot be set for the built-in {name} balloon type, which always has "
-                    "exactly one balloon",
-                )
+    v = with_defaults(section, values)
     if name == RESERVED_TYPE:
         for key in ("min-cpus", "max-cpus"):
-            if merged[key]:
+            if v[key]:
                 problems.add(
                     section,
                     key,
-                    merged[key],
+                    v[key],
                     "the reserved balloon is the reserved CPUs; set its size with "
                     "[policy] reserved-cpus",
                 )
-    if len(problems.items) != before:
-        return None
     return BalloonType(
         name=name,
-        namespaces=tuple(namespaces),
-        min_cpus=merged["min-cpus"],
-        max_cpus=merged["max-cpus"],
-        min_balloons=merged["min-balloons"],
-        max_balloons=merged["max-balloons"],
-        prefer_new_balloons=merged["prefer-new-balloons"],
-        prefer_spreading_pods=merged["prefer-spreading-pods"],
-        share_idle_cpus_in_same=level,
+        namespaces=tuple(v["namespaces"]),
+        min_cpus=v["min-cpus"],
+        max_cpus=v["max-cpus"],
+        min_balloons=v["min-balloons"],
+        max_balloons=v["max-balloons"],
+        prefer_new_balloons=v["prefer-new-balloons"],
+        prefer_spreading_pods=v["prefer-spreading-pods"],
+        share_idle_cpus_in_same=v["share-idle-cpus-in-same"],
         configured=True,
     )
 
@@ -373,22 +257,14 @@ class _Setup:
         topology: Topology,
         reserved: CPUSet,
         options: Mapping[str, Any],
-        locate: Optional[Locate],
+        config: Any,
     ) -> None:
-        problems = _Problems(locate)
-        unknown = sorted(set(options) - set(_KNOWN_OPTIONS))
-        for key in unknown:
-            problems.add(SECTION, key, options[key], "unknown key", "on-error")
-        configured: List[BalloonType] = []
-        seen: Dict[str, None] = {}
-        for name, values in _type_pairs(options.get("types"), problems):
-            if name in seen:
-                problems.add(TYPE_SECTION + str(name), None, None, "balloon type listed twice")
-                continue
-            seen[name] = None
-            bt = _parse_type(name, values, problems)
-            if bt is not None:
-                configured.append(bt)
+        problems = Problems(config)
+        with_defaults(SECTION, options, extra=("types",))
+        configured = [
+            _parse_type(name, values, problems)
+            for name, values in _type_pairs(options.get("types"))
+        ]
         by_name = {bt.name: bt for bt in configured}
         reserved_type = by_name.setdefault(RESERVED_TYPE, BalloonType(RESERVED_TYPE))
         default_type = by_name.setdefault(DEFAULT_TYPE, BalloonType(DEFAULT_TYPE))
@@ -401,15 +277,6 @@ class _Setup:
         }
         self.usable = topology.online - reserved - topology.isolated
 
-        not_online = reserved - topology.online
-        if not_online:
-            problems.add(
-                "policy",
-                "reserved-cpus",
-                str(reserved),
-                f"reserved CPUs {not_online} are not online",
-                f"online CPUs {topology.online}",
-            )
         if not reserved:
             problems.add(
                 "policy",
@@ -418,14 +285,13 @@ class _Setup:
                 "the balloons policy needs reserved CPUs (the reserved balloon runs there)",
             )
         self._check_capacity(topology, reserved, problems)
-        if problems.items:
-            raise ConfigError(problems.items)
+        problems.check()
 
     def own_types(self) -> List[BalloonType]:
         """Types whose balloons have CPUs of their own, in creation order."""
         return [bt for bt in self.types.values() if not bt.on_reserved]
 
-    def _check_capacity(self, topology: Topology, reserved: CPUSet, problems: _Problems) -> None:
+    def _check_capacity(self, topology: Topology, reserved: CPUSet, problems: Problems) -> None:
         usable = len(self.usable)
         machine = (
             f"{len(topology.online)} online, {len(reserved & topology.online)} reserved, "
@@ -511,19 +377,6 @@ class _Setup:
 
 def _round_up(count: int, unit: int) -> int:
     return -(-count // unit) * unit
-
-
-def _locator(config: Any) -> Locate:
-    """`Locate` from a `config.Config` (its settings' files and lines)."""
-
-    def locate(section: str, key: str) -> Tuple[str, Optional[int]]:
-        try:
-            setting = config.setting(section, key)
-        except KeyError:
-            return "", None
-        return setting.file or "", setting.line
-
-    return locate
 
 
 # --- the policy ------------------------------------------------------------------------
@@ -618,14 +471,14 @@ class BalloonsPolicy(Policy):
     ) -> None:
         """Check ``options`` (``Config.policy_options("balloons")``) against a machine.
 
-        Raises `errors.ConfigError` listing every problem: bad type values, min-cpus
-        above max-cpus, built-in types given min/max-balloons or reserved given a
-        size, a balloon's min-cpus or the balloons created at start needing more
-        CPUs than are neither reserved nor isolated. With ``config`` (the
-        `config.Config` the options came from) problems carry its file and line.
-        Builds nothing: cheap enough for every reload.
+        Raises `errors.ConfigError` listing every problem: no reserved CPUs, the
+        reserved type given a size, a balloon's min-cpus or the balloons created at
+        start needing more CPUs than are neither reserved nor isolated. Values, min
+        above max and the built-in types' limits are `config`'s to check. With
+        ``config`` (the `config.Config` the options came from) problems carry its
+        file and line. Builds nothing: cheap enough for every reload.
         """
-        _Setup(topology, reserved, options, _locator(config) if config is not None else None)
+        _Setup(topology, reserved, options, config)
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -11,6 +11,11 @@ Units: CPU amounts are milli-CPUs (1000 = one CPU), memory is bytes, CPU sets ar
 Keys. A container is known to the policy by a string key chosen by the caller: the
 runtime's container id once it exists, a provisional key while CreateContainer is in
 flight (`Policy.rename` moves it). A policy never invents keys.
+
+Options. A policy gets ``Config.policy_options(NAME)``: values `config` has parsed
+and checked already. `with_defaults` fills in what a caller left out (tests, tools)
+from the same key table, so a policy checks only what depends on the machine, in
+`Policy.validate`, and reports it with `Problems` (located by the `config.Config`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from typing import (
     Tuple,
 )
 
-from cri_resmgr.errors import PolicyError
+from cri_resmgr import config as cfg
+from cri_resmgr.errors import ConfigError, PolicyError, Problem
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology
 
@@ -50,6 +56,98 @@ RESERVED = "reserved"  # the reserved CPUs (kube-system, reserved namespaces)
 ISOLATED = "isolated"  # kernel-isolated CPUs (isolcpus)
 PRESERVED = "preserved"  # left as the container asked (cpu.preserve, on-error=pass, ...)
 CPU_CLASSES = (EXCLUSIVE, SHARED, RESERVED, ISOLATED, PRESERVED)
+
+
+def with_defaults(
+    section: str, options: Mapping[str, Any], extra: Iterable[str] = ()
+) -> Dict[str, Any]:
+    """The options of ``[section]`` with every key of the section that ``options``
+    lacks at its default, both from `config.KEYS` (``extra``: keys that are no
+    configuration keys, such as balloons' ``types``).
+
+    Values are `config`'s already; one given as text (as a test may) is parsed by
+    the key's type, as in a file. A key the section does not have, or text that does
+    not parse, is a `PolicyError`: a `config.Config` never gives either.
+    """
+    keys = {k.name: k for k in cfg.keys_of(section)}
+    unknown = sorted(set(options) - set(keys) - set(extra))
+    if unknown:
+        raise PolicyError(
+            f"[{section}] has no option {', '.join(unknown)} (known: {', '.join([*keys, *extra])})"
+        )
+    values: Dict[str, Any] = {name: key.type.parse(key.default) for name, key in keys.items()}
+    for name, value in options.items():
+        key = keys.get(name)
+        if key is None or not isinstance(value, str):
+            values[name] = value
+            continue
+        try:
+            values[name] = key.type.parse(value)
+        except ValueError as exc:
+            raise PolicyError(
+                f"[{section}] {name} = {value!r}: {exc} (allowed: {key.type.describe_allowed()})"
+            ) from None
+    return values
+
+
+#: (section, key) -> (file, line) of a setting, for problems
+Locate = Callable[[str, str], Tuple[str, Optional[int]]]
+
+
+def locator(config: Any) -> Optional[Locate]:
+    """`Locate` from a `config.Config` (where its settings came from: ``FILE``, ``flag
+    -NAME`` or ``default``); None without one."""
+    if config is None:
+        return None
+
+    def locate(section: str, key: str) -> Tuple[str, Optional[int]]:
+        try:
+            setting = config.setting(section, key)
+        except KeyError:
+            return "", None
+        return setting.file or setting.source, setting.line
+
+    return locate
+
+
+def _raw(value: Any) -> str:
+    """A value as configuration text, for problems."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+class Problems:
+    """Collects the `errors.Problem`s of a `Policy.validate`, located by the
+    `config.Config` when there is one; `check` raises them as one `ConfigError`."""
+
+    def __init__(self, config: Any = None, locate: Optional[Locate] = None) -> None:
+        self.locate = locate if locate is not None else locator(config)
+        self.items: List[Problem] = []
+
+    def add(
+        self,
+        section: str,
+        key: Optional[str],
+        value: Any,
+        message: str,
+        allowed: str = "",
+    ) -> None:
+        file, line = "", None
+        if self.locate is not None and key is not None:
+            file, line = self.locate(section, key)
+        self.items.append(
+            Problem(
+                file, line, section, key, None if value is None else _raw(value), message, allowed
+            )
+        )
+
+    def check(self) -> None:
+        """Raise `ConfigError` with every problem added, if any."""
+        if self.items:
+            raise ConfigError(self.items)
 
 
 @dataclass(frozen=True)
@@ -176,7 +274,9 @@ class Policy(abc.ABC):
 
     def __init__(self, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> None:
         """`reserved` is the resolved reserved CPU set (never empty for policies that
-        need one: the service resolves an amount to CPUs from the lowest cores)."""
+        need one: the service resolves an amount to CPUs from the lowest cores), all
+        online (`reserve.resolve_reserved` refuses others)."""
+        assert reserved <= topology.online, f"reserved CPUs {reserved - topology.online} offline"
         self.topology = topology
         self.reserved = reserved
         self.options = dict(options)

@@ -52,6 +52,8 @@ from cri_resmgr.policy.base import (
     Placement,
     Pod,
     Policy,
+    Problems,
+    with_defaults,
 )
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology
@@ -64,19 +66,7 @@ SHARED_POOL = "shared"
 _NO_CPUS = CPUSet()
 EXCLUSIVE_POOL = "exclusive"
 
-# [policy.static] keys this policy reads; on-error belongs to the hooks.
-_BOOL_OPTIONS = ("strict-reservation", "full-pcpus-only")
-_KNOWN_OPTIONS = ("on-error", *_BOOL_OPTIONS)
-
-
-def _bool_option(options: Mapping[str, Any], name: str) -> bool:
-    value = options.get(name, False)
-    if isinstance(value, bool):
-        return value
-    raise PolicyError(
-        f"[policy.static] {name} = {value!r}: expected true or false "
-        f"(a bool, got {type(value).__name__})"
-    )
+SECTION = "policy.static"
 
 
 class StaticPolicy(Policy):
@@ -126,23 +116,14 @@ class StaticPolicy(Policy):
 
     NAME = "static"
     ALIASES = ()
-    LIVE_OPTIONS = frozenset(_BOOL_OPTIONS)
+    LIVE_OPTIONS = frozenset(("strict-reservation", "full-pcpus-only"))  # on-error: the hooks'
 
     def __init__(self, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> None:
         super().__init__(topology, reserved, options)
-        unknown = sorted(set(self.options) - set(_KNOWN_OPTIONS))
-        if unknown:
-            raise PolicyError(
-                f"[policy.static] has no option {', '.join(unknown)} "
-                f"(known: {', '.join(_KNOWN_OPTIONS)})"
-            )
-        self.strict_reservation = _bool_option(self.options, "strict-reservation")
-        self.full_pcpus_only = _bool_option(self.options, "full-pcpus-only")
-        not_online = reserved - topology.online
-        if not_online:
-            raise PolicyError(
-                f"reserved CPUs {not_online} are not online (online: {topology.online})"
-            )
+        self.validate(topology, reserved, self.options)
+        self.options = with_defaults(SECTION, self.options)
+        self.strict_reservation: bool = self.options["strict-reservation"]
+        self.full_pcpus_only: bool = self.options["full-pcpus-only"]
         self.allocator = CPUAllocator(topology)
         self.threads_per_core = self.allocator.threads_per_core
         self._exclusive: Dict[str, CPUSet] = {}
@@ -151,12 +132,7 @@ class StaticPolicy(Policy):
         # key -> its exclusive CPUs before its last resize: resizing back returns to them
         self._previous: Dict[str, CPUSet] = {}
         pool = self._pool_for(self._owned)
-        if not pool:
-            raise PolicyError(
-                "no CPU is left for the shared pool: online "
-                f"{topology.online}, isolated {topology.isolated}, reserved {reserved}"
-                + (" with strict-reservation" if self.strict_reservation else "")
-            )
+        assert pool, "validate() refuses a machine without CPUs for the shared pool"
         self._pool = pool
         self._shared_placement = self._make_shared(pool)
         log.debug(
@@ -168,12 +144,44 @@ class StaticPolicy(Policy):
             ", full cores only" if self.full_pcpus_only else "",
         )
 
+    @classmethod
+    def validate(
+        cls, topology: Topology, reserved: CPUSet, options: Mapping[str, Any], config: Any = None
+    ) -> None:
+        """Refuse a machine and options that leave no CPU for the shared pool: every
+        online CPU kernel-isolated, or (with strict-reservation) reserved or isolated.
+        Raises `errors.ConfigError` (located with ``config``, a `config.Config`)."""
+        values = with_defaults(SECTION, options)
+        problems = Problems(config)
+        usable = topology.online - topology.isolated
+        machine = f"online {topology.online}, isolated {topology.isolated or 'none'}"
+        if not usable:
+            problems.add(
+                "policy",
+                "name",
+                cls.NAME,
+                f"every online CPU is kernel-isolated (isolcpus; {machine}): the static "
+                "policy has no CPU for its shared pool",
+            )
+        elif values["strict-reservation"] and not usable - reserved:
+            problems.add(
+                SECTION,
+                "strict-reservation",
+                True,
+                f"no CPU is left for the shared pool: [policy] reserved-cpus reserves "
+                f"{reserved}, which is every online CPU that is not isolated ({machine}), "
+                "and strict-reservation keeps them out of the pool",
+                "false, or fewer [policy] reserved-cpus",
+            )
+        problems.check()
+
     # -- pools -----------------------------------------------------------------------
 
-    def _pool_for(self, owned: CPUSet) -> CPUSet:
-        """The shared pool when ``owned`` CPUs are exclusive."""
+    def _pool_for(self, owned: CPUSet, strict: Optional[bool] = None) -> CPUSet:
+        """The shared pool when ``owned`` CPUs are exclusive (``strict``:
+        strict-reservation, the current one by default)."""
         pool = self.topology.online - self.topology.isolated - owned
-        if self.strict_reservation:
+        if self.strict_reservation if strict is None else strict:
             pool = pool - self.reserved
         return pool
 
@@ -538,20 +546,26 @@ class StaticPolicy(Policy):
         """Apply changed strict-reservation / full-pcpus-only.
 
         strict-reservation moves every shared container (the pool changes);
-        full-pcpus-only applies to later allocations and resizes.
+        full-pcpus-only applies to later allocations and resizes. Turning on
+        strict-reservation while exclusive containers own every CPU that is neither
+        reserved nor isolated would leave the shared pool without a CPU: that raises
+        `PolicyError` and changes nothing (the reload keeps the running options).
         """
-        merged = dict(self.options)
-        merged.update(options)
-        unknown = sorted(set(merged) - set(_KNOWN_OPTIONS))
-        if unknown:
+        merged = with_defaults(SECTION, {**self.options, **options})
+        strict: bool = merged["strict-reservation"]
+        owned = self._owned
+        if (
+            strict != self.strict_reservation
+            and self._pool_for(owned)
+            and not self._pool_for(owned, strict)
+        ):
             raise PolicyError(
-                f"[policy.static] has no option {', '.join(unknown)} "
-                f"(known: {', '.join(_KNOWN_OPTIONS)})"
+                "cannot turn on strict-reservation: the shared pool would have no CPU left "
+                f"(exclusive {owned} to {len(self._exclusive)} container(s), reserved "
+                f"{self.reserved}, isolated {self.topology.isolated or 'none'}); nothing changed"
             )
-        strict = _bool_option(merged, "strict-reservation")
-        full = _bool_option(merged, "full-pcpus-only")
         self.options = merged
-        self.full_pcpus_only = full
+        self.full_pcpus_only = merged["full-pcpus-only"]
         if strict == self.strict_reservation:
             return Decision()
         self.strict_reservation = strict

@@ -78,41 +78,26 @@ from cri_resmgr.policy.base import (
     Placement,
     Pod,
     Policy,
+    Problems,
+    with_defaults,
 )
 from cri_resmgr.policy.pools import Pool, PoolTree
 from cri_resmgr.resources.cpuset import CPUSet, popcount
 from cri_resmgr.resources.topology import DRAM, HBM, MEMORY_KINDS, PMEM, Topology
 
-__all__ = ["DEFAULT_MEMORY_KINDS", "OPTION_DEFAULTS", "Request", "TopologyAwarePolicy"]
+__all__ = ["DEFAULT_MEMORY_KINDS", "SECTION", "Request", "TopologyAwarePolicy"]
 
 log = logging.getLogger(__name__)
 
 #: memory kinds a container gets without a memory-type annotation
 DEFAULT_MEMORY_KINDS: Tuple[str, ...] = (DRAM,)
-#: [policy.topology-aware] keys and their defaults (the same as config.py's)
-OPTION_DEFAULTS: Mapping[str, Any] = {
-    "on-error": "fail",
-    "pin-cpu": True,
-    "pin-memory": True,
-    "prefer-isolated-cpus": True,
-    "prefer-shared-cpus": False,
-    "reserved-pool-namespaces": ("kube-system",),
-    "colocate-pods": True,
-}
-_BOOL_OPTIONS = (
-    "pin-cpu",
-    "pin-memory",
-    "prefer-isolated-cpus",
-    "prefer-shared-cpus",
-    "colocate-pods",
-)
+SECTION = "policy.topology-aware"
 #: namespaces that always run on the reserved CPUs
 _SYSTEM_NAMESPACES = ("kube-system",)
 #: the weight of a pod's container one tree link away (Intel's affinity decay)
 _COLOCATION_DECAY = 0.75
 #: the order in which a container's memory limit is charged to the kinds it may use
 _CHARGE_ORDER = (DRAM, HBM, PMEM)
-_NAME = "[policy.topology-aware]"
 _RESERVED_POOL = "reserved"
 
 
@@ -241,26 +226,6 @@ class _Snapshot:
         self.shared_cap = shared_cap
 
 
-def _bool_option(options: Mapping[str, Any], name: str) -> bool:
-    value = options.get(name, OPTION_DEFAULTS[name])
-    if isinstance(value, bool):
-        return value
-    raise PolicyError(
-        f"{_NAME} {name} = {value!r}: expected true or false (a bool, got {type(value).__name__})"
-    )
-
-
-def _namespaces_option(options: Mapping[str, Any]) -> Tuple[str, ...]:
-    value = options.get("reserved-pool-namespaces", OPTION_DEFAULTS["reserved-pool-namespaces"])
-    if isinstance(value, str):
-        value = tuple(w for w in value.replace(",", " ").split() if w)
-    if not isinstance(value, (tuple, list)) or not all(isinstance(w, str) and w for w in value):
-        raise PolicyError(
-            f"{_NAME} reserved-pool-namespaces = {value!r}: expected namespace names or globs"
-        )
-    return tuple(value)
-
-
 class TopologyAwarePolicy(Policy):
     """Places containers in a tree of pools that follows the hardware: sockets, dies, nodes.
 
@@ -324,22 +289,13 @@ class TopologyAwarePolicy(Policy):
 
     def __init__(self, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> None:
         super().__init__(topology, reserved, options)
-        self._set_options(self.options)
-        not_online = reserved - topology.online
-        if not_online:
-            raise PolicyError(
-                f"reserved CPUs {not_online} are not online (online: {topology.online})"
-            )
+        self.validate(topology, reserved, self.options)
+        self.options = self._set_options(self.options)
         self.tree = PoolTree.build(topology)
         self.allocator = CPUAllocator(topology)
         online = topology.online.bits
         self._shareable_base = online & ~topology.isolated.bits & ~reserved.bits
         self._isolated_base = online & topology.isolated.bits & ~reserved.bits
-        if not self._shareable_base:
-            raise PolicyError(
-                "no CPU is left for shared containers: online "
-                f"{topology.online}, isolated {topology.isolated}, reserved {reserved}"
-            )
         n = len(self.tree.pools)
         self._owned = 0
         self._shared_milli = [0] * n
@@ -359,22 +315,40 @@ class TopologyAwarePolicy(Policy):
             self.tree.describe(),
         )
 
+    @classmethod
+    def validate(
+        cls, topology: Topology, reserved: CPUSet, options: Mapping[str, Any], config: Any = None
+    ) -> None:
+        """Refuse a machine where every online CPU is reserved or kernel-isolated: shared
+        containers would have no CPU. Raises `errors.ConfigError` (located with
+        ``config``, a `config.Config`)."""
+        with_defaults(SECTION, options)
+        problems = Problems(config)
+        if not topology.online - topology.isolated - reserved:
+            problems.add(
+                "policy",
+                "reserved-cpus",
+                reserved,
+                "no CPU is left for shared containers: every online CPU is reserved or "
+                f"kernel-isolated (online {topology.online}, isolated "
+                f"{topology.isolated or 'none'})",
+                f"fewer than the {len(topology.online - topology.isolated)} online CPUs that "
+                "are not isolated",
+            )
+        problems.check()
+
     # -- options -------------------------------------------------------------------------
 
-    def _set_options(self, options: Mapping[str, Any]) -> None:
-        unknown = sorted(set(options) - set(OPTION_DEFAULTS))
-        if unknown:
-            raise PolicyError(
-                f"{_NAME} has no option {', '.join(unknown)} (known: {', '.join(OPTION_DEFAULTS)})"
-            )
-        values = {name: _bool_option(options, name) for name in _BOOL_OPTIONS}
-        namespaces = _namespaces_option(options)
-        self.pin_cpu = values["pin-cpu"]
-        self.pin_memory = values["pin-memory"]
-        self.prefer_isolated = values["prefer-isolated-cpus"]
-        self.prefer_shared = values["prefer-shared-cpus"]
-        self.colocate_pods = values["colocate-pods"]
-        self.reserved_namespaces = namespaces
+    def _set_options(self, options: Mapping[str, Any]) -> Dict[str, Any]:
+        """Take ``options`` (defaults filled in); the merged options."""
+        values = with_defaults(SECTION, options)
+        self.pin_cpu: bool = values["pin-cpu"]
+        self.pin_memory: bool = values["pin-memory"]
+        self.prefer_isolated: bool = values["prefer-isolated-cpus"]
+        self.prefer_shared: bool = values["prefer-shared-cpus"]
+        self.colocate_pods: bool = values["colocate-pods"]
+        self.reserved_namespaces: Tuple[str, ...] = tuple(values["reserved-pool-namespaces"])
+        return values
 
     def _is_reserved_namespace(self, namespace: str) -> bool:
         if namespace in _SYSTEM_NAMESPACES:
@@ -1049,10 +1023,7 @@ class TopologyAwarePolicy(Policy):
         if that fails it keeps its placement (a WARNING says so). prefer-isolated-cpus
         and colocate-pods apply to later placements.
         """
-        merged = dict(self.options)
-        merged.update(options)
-        self._set_options(merged)  # raises before anything changes
-        self.options = merged
+        self.options = self._set_options({**self.options, **options})  # raises first
         before = dict(self._placements)
         moves = []
         for key, g in self._grants.items():

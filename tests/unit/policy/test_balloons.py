@@ -607,63 +607,54 @@ def test_balloons_made_at_start_over_what_exists(machine: Callable[[str], Topolo
     check(p)
 
 
-def test_overlapping_sizes_and_builtin_limits(desktop: Topology) -> None:
-    text = problems(
-        desktop,
-        "0",
-        {
-            "a": {"min-cpus": 4, "max-cpus": 2},
-            "b": {"min-balloons": 3, "max-balloons": 1},
-            "reserved": {"min-cpus": 2},
-            "default": {"max-balloons": 2},
-        },
-    )
-    assert '[policy.balloons.type.a] min-cpus = "4": min-cpus (4) is more than max-cpus (2)' in text
-    assert (
-        '[policy.balloons.type.b] min-balloons = "3": min-balloons (3) is more than '
-        "max-balloons (1)" in text
-    )
+def test_the_reserved_type_takes_no_size(desktop: Topology) -> None:
+    text = problems(desktop, "0", {"reserved": {"min-cpus": 2}})
     assert (
         '[policy.balloons.type.reserved] min-cpus = "2": the reserved balloon is the reserved CPUs'
         in text
     )
-    assert (
-        '[policy.balloons.type.default] max-balloons = "2": cannot be set for the built-in default'
-        in text
-    )
 
 
-def test_bad_values_are_problems_not_crashes(desktop: Topology) -> None:
-    text = problems(
-        desktop,
-        "0",
-        {
-            "a": {"min-cpus": "two", "share-idle-cpus-in-same": "rack", "bogus": 1},
-            "B!": {},
-            "c": {"prefer-new-balloons": "yes", "namespaces": 5},
-        },
-        surprise=True,
+def test_values_limits_and_names_are_the_configurations_to_check(tmp_path: Path) -> None:
+    """The policy does not check again what `config` refuses before it gets there."""
+    (tmp_path / "10.conf").write_text(
+        "[policy]\nname = balloons\n[policy.balloons]\nsurprise = 1\n"
+        "[policy.balloons.type.a]\nmin-cpus = 4\nmax-cpus = 2\nshare-idle-cpus-in-same = rack\n"
+        "bogus = 1\n[policy.balloons.type.b]\nmin-balloons = 3\nmax-balloons = 1\n"
+        "[policy.balloons.type.c]\nprefer-new-balloons = maybe\nmin-cpus = two\n"
+        "[policy.balloons.type.default]\nmax-balloons = 2\n[policy.balloons.type.B!]\n"
     )
+    with pytest.raises(ConfigError) as info:
+        cfg.load(str(tmp_path))
+    text = str(info.value)
     for part in (
         "[policy.balloons] surprise",
         '[policy.balloons.type.a] bogus = "1": unknown key',
-        '[policy.balloons.type.a] min-cpus = "two": expected a whole number',
-        '[policy.balloons.type.a] share-idle-cpus-in-same = "rack": unknown topology level',
+        '[policy.balloons.type.a] share-idle-cpus-in-same = "rack": unknown value',
+        '[policy.balloons.type.a] min-cpus = "4": min-cpus (4) is more than max-cpus (2)',
+        '[policy.balloons.type.b] min-balloons = "3": min-balloons (3) is more than',
+        '[policy.balloons.type.c] prefer-new-balloons = "maybe": not a boolean',
+        '[policy.balloons.type.c] min-cpus = "two": not an integer',
+        '[policy.balloons.type.default] max-balloons = "2": cannot be set for the built-in',
         "bad balloon type name 'B!'",
-        '[policy.balloons.type.c] prefer-new-balloons = "yes": expected true or false',
-        '[policy.balloons.type.c] namespaces = "5": expected namespace names or globs',
     ):
         assert part in text, (part, text)
+
+
+def test_options_the_configuration_has_no_key_for(desktop: Topology) -> None:
+    with pytest.raises(PolicyError, match=r"\[policy.balloons\] has no option surprise"):
+        make(desktop, "0", {}, surprise=True)
+    with pytest.raises(PolicyError, match=r"\[policy.balloons.type.a\] has no option bogus"):
+        make(desktop, "0", {"a": {"bogus": 1}})
+    # text is parsed as in a file
+    p = make(desktop, "0", {"a": {"namespaces": "x, y", "max-cpus": "4"}})
+    assert p.types["a"].namespaces == ("x", "y") and p.types["a"].max_cpus == 4
 
 
 def test_no_cpu_left_for_balloons(desktop: Topology) -> None:
     text = problems(desktop, "0-19", {"web": {}})
     assert "[policy.balloons.type.web]: no CPU is left for balloons of this type" in text
     make(desktop, "0-19")  # without types everything runs on the reserved CPUs
-
-
-def test_reserved_cpus_must_be_online(desktop: Topology) -> None:
-    assert "reserved CPUs 64 are not online" in problems(desktop, "0,64", {})
 
 
 def test_validate_locates_problems_with_the_config(desktop: Topology, tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ from typing import Callable, Type
 
 import pytest
 
+from cri_resmgr import config as cfg
 from cri_resmgr.errors import PolicyError
 from cri_resmgr.policy.balloons import BalloonsPolicy
-from cri_resmgr.policy.base import EXCLUSIVE, PRESERVED, SHARED, Placement, Policy
+from cri_resmgr.policy.base import EXCLUSIVE, PRESERVED, SHARED, Placement, Policy, with_defaults
 from cri_resmgr.policy.none import NonePolicy
 from cri_resmgr.policy.static import StaticPolicy
 from cri_resmgr.policy.topology_aware import TopologyAwarePolicy
@@ -123,3 +124,31 @@ def test_exclusive_problem(desktop: Topology) -> None:
     res = CPUSet.of(0, 4)
     assert problem(Placement(res, cpu_class=EXCLUSIVE, exclusive=res)) == "CPUs 0 are reserved now"
     assert problem(ok, owned=CPUSet.of(5)) == "CPUs 5 are already exclusive to ns/p:c"
+
+
+@pytest.mark.parametrize("cls", (*PLACING, NonePolicy))
+def test_reserved_cpus_are_online(cls: Type[Policy], desktop: Topology) -> None:
+    """`reserve.resolve_reserved` refuses offline CPUs before a policy sees them."""
+    with pytest.raises(AssertionError, match="reserved CPUs 64 offline"):
+        cls(desktop, CPUSet.of(0, 64), {})
+
+
+@pytest.mark.parametrize("cls", (StaticPolicy, TopologyAwarePolicy))
+def test_options_default_to_the_configuration(cls: Type[Policy], desktop: Topology) -> None:
+    p = make(cls, desktop)
+    assert p.options == dict(cfg.default_config().policy_options(cls.NAME))
+
+
+def test_with_defaults() -> None:
+    assert with_defaults("policy.memtier", {"pin-cpu": False}) == {
+        **cfg.default_config().policy_options("topology-aware"),
+        "pin-cpu": False,
+    }
+    assert with_defaults("policy.balloons", {"types": ()}, extra=("types",)) == {
+        "on-error": "fail",
+        "types": (),
+    }
+    with pytest.raises(PolicyError, match=r"\[policy.static\] has no option types"):
+        with_defaults("policy.static", {"types": ()})
+    with pytest.raises(PolicyError, match="on-error = 'later': unknown value"):
+        with_defaults("policy.static", {"on-error": "later"})

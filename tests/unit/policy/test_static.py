@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Dict
 
 import pytest
 
-from cri_resmgr.errors import AllocationError, PolicyError
+from cri_resmgr import config as cfg
+from cri_resmgr.errors import AllocationError, ConfigError, PolicyError
 from cri_resmgr.policy.base import EXCLUSIVE, SHARED, Placement
 from cri_resmgr.policy.static import StaticPolicy
+from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
-from cri_resmgr.resources.topology import Topology
+from cri_resmgr.resources.topology import Topology, load
 
 from .conftest import ALL, besteffort, burstable, ctr, exclusive, pod
 
@@ -249,11 +252,10 @@ def test_reconfigure_strict_reservation_moves_shared(desktop: Topology) -> None:
 def test_bad_options_and_reserved(desktop: Topology) -> None:
     with pytest.raises(PolicyError, match="no option frobnicate"):
         StaticPolicy(desktop, CPUSet.of(0), {"frobnicate": True})
-    with pytest.raises(PolicyError, match="expected true or false"):
-        StaticPolicy(desktop, CPUSet.of(0), {"strict-reservation": "yes"})
-    with pytest.raises(PolicyError, match="not online"):
-        StaticPolicy(desktop, CPUSet.of(99), {})
-    with pytest.raises(PolicyError, match="no CPU is left for the shared pool"):
+    with pytest.raises(PolicyError, match="strict-reservation = 'maybe': not a boolean"):
+        StaticPolicy(desktop, CPUSet.of(0), {"strict-reservation": "maybe"})
+    assert StaticPolicy(desktop, CPUSet.of(0), {"strict-reservation": "yes"}).strict_reservation
+    with pytest.raises(ConfigError, match="no CPU is left for the shared pool"):
         StaticPolicy(desktop, desktop.online, {"strict-reservation": True})
     # the config's defaults are accepted
     StaticPolicy(
@@ -354,4 +356,71 @@ def test_isolated_cpus_keep_the_shared_pool_alive(machine: Callable[[str], Topol
     with pytest.raises(AllocationError, match="no CPU for the shared pool"):
         spare = t.isolated - p.pools()["exclusive"]
         p.allocate("z", P, exclusive("z", len(p.shared_pool) + len(spare)))
+    check(p)
+
+
+# --- checks against the machine (start and reload) -------------------------------------------
+
+
+def test_validate_refuses_a_strict_reservation_that_empties_the_pool(
+    desktop: Topology, tmp_path: Path
+) -> None:
+    """What the service asks before it starts or accepts a reload: the problem names the
+    setting and where it came from; nothing is built."""
+    (tmp_path / "10.conf").write_text(
+        "[policy]\nname = static\nreserved-cpus = 0-19\n\n"
+        "[policy.static]\nstrict-reservation = true\n"
+    )
+    config = cfg.load(str(tmp_path))
+    options = config.policy_options("static")
+    with pytest.raises(ConfigError) as info:
+        StaticPolicy.validate(desktop, desktop.online, options, config=config)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.line) == (str(tmp_path / "10.conf"), 6)
+    assert (problem.section, problem.key, problem.value) == (
+        "policy.static",
+        "strict-reservation",
+        "true",
+    )
+    assert "no CPU is left for the shared pool" in problem.message
+    assert "[policy] reserved-cpus reserves 0-19" in problem.message
+    assert problem.allowed == "false, or fewer [policy] reserved-cpus"
+    # without strict-reservation the reserved CPUs are shared: fine
+    StaticPolicy.validate(desktop, desktop.online, {**options, "strict-reservation": False})
+    StaticPolicy.validate(desktop, CPUSet.of(0, 10), options, config=config)
+
+
+def test_validate_refuses_a_machine_of_isolated_cpus(tmp_path: Path) -> None:
+    t = load(
+        synthetic.write_sysfs(tmp_path, cores_per_node=2, threads_per_core=1, isolated="0-1").root
+    )
+    with pytest.raises(ConfigError, match=r"\[policy\] name = \"static\": every online CPU is"):
+        StaticPolicy.validate(t, CPUSet.of(0), {})
+
+
+def test_reconfigure_refuses_to_empty_the_pool(tmp_path: Path) -> None:
+    """strict-reservation turned on while exclusive containers own every other CPU: the
+    reload is refused and nothing changes (no shared container moves to the reserved
+    CPUs, full-pcpus-only stays as it was)."""
+    t = load(
+        synthetic.write_sysfs(tmp_path, cores_per_node=4, threads_per_core=1, isolated="3").root
+    )
+    p = static(t, "0")
+    p.allocate("s", P, burstable("s"))
+    p.allocate("x", P, exclusive("x", 2))
+    before = p.placements()
+    assert p.shared_pool == CPUSet.of(0)
+    with pytest.raises(PolicyError, match="cannot turn on strict-reservation"):
+        p.reconfigure({"strict-reservation": True, "full-pcpus-only": True})
+    assert not p.strict_reservation and not p.full_pcpus_only
+    assert p.options["strict-reservation"] is False
+    assert p.placements() == before
+    check(p)
+    # the next exclusive request gets the isolated CPU, as before
+    placement = p.allocate("y", P, exclusive("y", 1)).placement
+    assert placement is not None and placement.exclusive == CPUSet.of(3)
+    # once the exclusive CPUs are back, the same change is accepted
+    p.release("x")
+    d = p.reconfigure({"strict-reservation": True})
+    assert p.strict_reservation and d.updates["s"].cpus == CPUSet.of(1, 2)
     check(p)

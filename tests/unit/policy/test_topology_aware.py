@@ -16,7 +16,7 @@ import pytest
 
 from cri_resmgr import config as cfg
 from cri_resmgr import policy as registry
-from cri_resmgr.errors import AllocationError, PolicyError
+from cri_resmgr.errors import AllocationError, ConfigError, PolicyError
 from cri_resmgr.policy.base import (
     BESTEFFORT,
     BURSTABLE,
@@ -32,7 +32,7 @@ from cri_resmgr.policy.base import (
     Pod,
 )
 from cri_resmgr.policy.reserve import resolve_reserved
-from cri_resmgr.policy.topology_aware import OPTION_DEFAULTS, TopologyAwarePolicy
+from cri_resmgr.policy.topology_aware import TopologyAwarePolicy
 from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.synthetic import MemoryOnlyNode
@@ -201,11 +201,11 @@ def test_registry_and_alias() -> None:
     assert "topology-aware (alias memtier): Places containers" in registry.describe_all()
 
 
-def test_option_defaults_match_the_configuration() -> None:
+def test_option_defaults_are_the_configuration_defaults(desktop: Topology) -> None:
     keys = {k.name: k for k in cfg.KEYS if k.section == "policy.topology-aware"}
-    assert set(keys) == set(OPTION_DEFAULTS)
-    for name, key in keys.items():
-        assert key.type.parse(key.default) == OPTION_DEFAULTS[name], name
+    p = TopologyAwarePolicy(desktop, CPUSet.parse("0"), {})
+    assert p.options == dict(cfg.default_config().policy_options("topology-aware"))
+    assert p.options == {name: key.type.parse(key.default) for name, key in keys.items()}
     live = {name for name, key in keys.items() if key.live} - {"on-error"}
     assert live == set(TopologyAwarePolicy.LIVE_OPTIONS)
 
@@ -228,8 +228,7 @@ def test_options_from_the_configuration(tmp_path: Path, server: Topology) -> Non
     "options,message",
     [
         ({"pin-cpus": True}, "has no option pin-cpus"),
-        ({"pin-cpu": "yes"}, "pin-cpu = 'yes': expected true or false"),
-        ({"reserved-pool-namespaces": 3}, "expected namespace names or globs"),
+        ({"pin-cpu": "maybe"}, "pin-cpu = 'maybe': not a boolean"),
     ],
 )
 def test_bad_options(desktop: Topology, options: Dict[str, Any], message: str) -> None:
@@ -237,14 +236,30 @@ def test_bad_options(desktop: Topology, options: Dict[str, Any], message: str) -
         TopologyAwarePolicy(desktop, CPUSet.parse("0"), options)
 
 
-def test_reserved_must_be_online(desktop: Topology) -> None:
-    with pytest.raises(PolicyError, match="not online"):
-        TopologyAwarePolicy(desktop, CPUSet.parse("0,99"), {})
+def test_validate_refuses_reserving_every_shared_cpu(desktop: Topology, tmp_path: Path) -> None:
+    """What the service asks before it starts or accepts a reload; the constructor
+    refuses the same."""
+    (tmp_path / "10.conf").write_text("[policy]\nname = memtier\nreserved-cpus = 20\n")
+    config = cfg.load(str(tmp_path))
+    reserved = resolve_reserved(desktop, config.get("policy", "reserved-cpus"))
+    assert reserved == desktop.online
+    options = config.policy_options("memtier")
+    with pytest.raises(ConfigError) as info:
+        TopologyAwarePolicy.validate(desktop, reserved, options, config=config)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.line) == (str(tmp_path / "10.conf"), 3)
+    assert (problem.section, problem.key) == ("policy", "reserved-cpus")
+    assert problem.message.startswith("no CPU is left for shared containers")
+    assert problem.allowed == "fewer than the 20 online CPUs that are not isolated"
+    with pytest.raises(ConfigError, match="no CPU is left for shared containers"):
+        TopologyAwarePolicy(desktop, reserved, options)
+    TopologyAwarePolicy.validate(desktop, CPUSet.of(0, 10), options, config=config)
 
 
-def test_namespaces_as_a_string(desktop: Topology) -> None:
-    p = TopologyAwarePolicy(desktop, CPUSet.parse("0"), {"reserved-pool-namespaces": "a, b c"})
-    assert p.reserved_namespaces == ("a", "b", "c")
+def test_options_as_text_are_parsed_as_in_a_file(desktop: Topology) -> None:
+    options = {"reserved-pool-namespaces": "a, b c", "pin-memory": "no"}
+    p = TopologyAwarePolicy(desktop, CPUSet.parse("0"), options)
+    assert p.reserved_namespaces == ("a", "b", "c") and not p.pin_memory
 
 
 # --- CPU classes ----------------------------------------------------------------------
