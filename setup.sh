@@ -71,7 +71,8 @@ if ! $crm_host; then
 fi
 
 if ! crm_systemd_running || ! crm_kubelet_unit_exists; then
-    crm_say "no running kubelet.service here: restart kubelet yourself for the change to take effect"
+    crm_say "no kubelet.service here, or systemd is not running: restart kubelet yourself" \
+        "for the change to take effect"
     exit 0
 fi
 if $changed; then
