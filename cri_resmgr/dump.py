@@ -755,9 +755,10 @@ class Dump(relay.Observer):
     Lifecycle: `start()` opens the file (raises DumpError) and starts the writer;
     `stop()` writes what is queued, the count summary (when anything is counted) and
     closes. Live changes: `set_rules()` (then let the relay ask `wants()` again:
-    `relay.set_observers(...)`), `set_path()`, `reopen()` (logrotate), and
-    `write_summary()` (SIGUSR2). All of these return at once and are safe to call from
-    the event loop; the work happens in the writer, in order with queued records.
+    `relay.set_observers(...)`), `set_path()`, `reopen()` (logrotate),
+    `write_summary()` (SIGUSR2) and `set_log_level()` (for `dumpproc.ProcessDump`).
+    All of these return at once and are safe to call from the event loop; the work
+    happens in the writer, in order with queued records.
     """
 
     def __init__(
@@ -786,6 +787,7 @@ class Dump(relay.Observer):
         self._dequeued = 0
         self._dequeued_bytes = 0
         self._dropped = 0
+        self._dropped_elsewhere = 0  # add_dropped(): in `!! dropped` lines, not in stats()
         self._written = 0  # writer
         self._failed = 0  # writer
         self._counts: Dict[str, List[Any]] = {}  # short name -> [calls, errors, {code: n}]
@@ -848,12 +850,22 @@ class Dump(relay.Observer):
     def write_summary_of(
         self, counts: Sequence[Tuple[str, List[Any]]], stats: Dict[str, int], since: float
     ) -> None:
-        """Write a summary of counts kept elsewhere (the service's, in the writer process)."""
+        """Write a summary of counts kept elsewhere (the service's, in the writer process).
+
+        `stats` are the dump counters (`written`, `dropped`, `failed`) kept elsewhere;
+        this dump's own, as they are when the summary is written, are added to them.
+        """
         self._post(_Control("summary", (counts, stats, since)))
 
     def add_dropped(self, calls: int) -> None:
-        """Count calls dropped before they reached this dump (reported like its own)."""
-        self._dropped += calls
+        """Note calls dropped before they reached this dump: its next `!! dropped` line
+        counts them with its own drops, but `stats()` does not (whoever dropped them
+        counts them)."""
+        self._dropped_elsewhere += calls
+
+    def set_log_level(self, level: Optional[int] = None) -> None:
+        """Log at `level` (None: the loggers' own level). Nothing to do here: this dump
+        logs in this process; `dumpproc.ProcessDump` passes the level on to its child."""
 
     # -- lifecycle
 
@@ -1028,7 +1040,7 @@ class Dump(relay.Observer):
             return (f"{ts}  <= {entry.name} (record not formatted: {exc!r})",)
 
     def _report_drops(self) -> None:
-        dropped = self._dropped
+        dropped = self._dropped + self._dropped_elsewhere
         if dropped == self._drops_written:
             return
         n = dropped - self._drops_written
@@ -1051,7 +1063,11 @@ class Dump(relay.Observer):
                 if control.arg is None:
                     self._emit([self._summary()])
                 else:
-                    counts, stats, since = control.arg
+                    counts, elsewhere, since = control.arg
+                    own = self.stats()
+                    stats = {
+                        k: elsewhere.get(k, 0) + own[k] for k in ("written", "dropped", "failed")
+                    }
                     self._emit([self._formatter.summary(time.time(), since, counts, stats)])
             elif control.op == "stop":
                 self._report_drops()

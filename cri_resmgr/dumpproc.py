@@ -5,13 +5,31 @@ writing the file) out of the service's process. In the service a writer *thread*
 share the interpreter lock with the relay's event loop: a full dump of large replies
 (ListContainers of a busy node) then slowed every CRI call. `ProcessDump` is a
 `dump.Dump` whose writer thread only ships what `observe()` queued, in order, as
-length-prefixed pickles over a pipe to `python -m cri_resmgr.dumpproc`. That child
-(niced, so the relay and the runtime come first) runs an ordinary threaded `Dump` that
-formats and writes; it reports its counters back over another pipe.
+pickles over a pipe to `python -m cri_resmgr.dumpproc`. That child (niced, so the relay
+and the runtime come first) runs an ordinary threaded `Dump` that formats and writes;
+it reports its counters back over another pipe.
 
 Nothing changes for the caller: the same API, the same bounded queue in the service
-(calls are dropped and counted, never waited for), the same records and file. If the
-child dies, the writer starts a new one and counts the calls it lost as dropped.
+(calls are dropped and counted, never waited for), the same records and file.
+
+Counting. The service counts its own drops (queue full) and the calls lost with a
+child that died (sent to it but never reported written); the child counts what it
+wrote, failed to write and dropped itself. `stats()` adds the two; the service's drops
+are also sent to the child, for its `!! dropped` lines only.
+
+The child's life. If it dies, the writer starts a new one at once; if that one dies
+too within `_BACKOFF_MAX` seconds, the next start waits, 0.5 s doubling up to
+`_BACKOFF_MAX`, and calls are counted as dropped meanwhile (one error in the log per
+outage). The child runs in a session of its own and ignores the signals meant for the
+service (SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2): the service decides when it ends,
+by closing the pipe. When the service dies instead, the child writes what it got and
+exits quietly (status 0, one warning).
+
+Wire format, each way: a header (`>II`: pickle bytes, out-of-band buffers; then `>I`
+per buffer: its bytes), the pickle (protocol 5), the buffers. Message bytes of at
+least `_OUT_OF_BAND` bytes travel as out-of-band buffers: written from the record's own
+bytes, not copied into the pickle, and `write` releases the interpreter lock while the
+pipe takes them.
 """
 
 from __future__ import annotations
@@ -19,39 +37,77 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
 import threading
 import time
-from typing import IO, Any, Dict, List, Optional, Tuple
+from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from cri_resmgr import dump, relay
 from cri_resmgr.config import DumpRule
 
 log = logging.getLogger(__name__)
 
-_LEN = struct.Struct(">I")
-#: Calls shipped in one message at most.
+_HEAD = struct.Struct(">II")  # pickle bytes, out-of-band buffers
+_LEN = struct.Struct(">I")  # bytes of one out-of-band buffer
+_PROTOCOL = 5  # out-of-band buffers
+#: Calls shipped in one message at most ...
 _BATCH = 256
+#: ... and message bytes (requests and replies): a batch stops growing at this size.
+_BATCH_BYTES = 1024 * 1024
+#: A request or reply of at least this many bytes is written from the record itself.
+_OUT_OF_BAND = 64 * 1024
 #: Seconds between the child's counter reports while it has work.
 _REPORT = 0.5
 #: niceness of the child: the relay and the runtime come first.
 _NICE = 19
+#: Seconds before starting a child after one that died young: the shortest wait
+#: (doubling with each further death) and the longest. A child that lived this
+#: long at least is replaced at once.
+_BACKOFF_MIN = 0.5
+_BACKOFF_MAX = 30.0
+#: Seconds a flush waits for the child's acknowledgement.
+_FLUSH_WAIT = 30.0
+#: Signals meant for the service (a terminal's Ctrl-C, `systemctl kill`, logrotate's
+#: HUP): by default each would end the child, and the service would start another.
+_IGNORED_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+_COUNTERS = ("written", "failed", "dropped")
 
 
 def _send(stream: IO[bytes], obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_LEN.pack(len(data)) + data)
+    """Write `obj` as one message: header, pickle, out-of-band buffers (not joined)."""
+    buffers: List[pickle.PickleBuffer] = []
+    data = pickle.dumps(obj, protocol=_PROTOCOL, buffer_callback=buffers.append)
+    views = [b.raw() for b in buffers]
+    stream.write(_HEAD.pack(len(data), len(views)) + b"".join(_LEN.pack(v.nbytes) for v in views))
+    stream.write(data)
+    for view in views:
+        stream.write(view)
     stream.flush()
 
 
-def _recv(stream: IO[bytes]) -> Any:
-    head = stream.read(_LEN.size)
-    if len(head) < _LEN.size:
+def _read_exact(stream: IO[bytes], size: int) -> bytes:
+    data = stream.read(size)
+    if data is None or len(data) < size:
         raise EOFError
-    data = stream.read(_LEN.unpack(head)[0])
-    return pickle.loads(data)  # noqa: S301 - our own child/parent, over our own pipe
+    return data
+
+
+def _recv(stream: IO[bytes]) -> Any:
+    """One message of `_send`; EOFError when the stream ends (also within a message)."""
+    size, count = _HEAD.unpack(_read_exact(stream, _HEAD.size))
+    lengths = struct.unpack(f">{count}I", _read_exact(stream, _LEN.size * count))
+    data = _read_exact(stream, size)
+    buffers = [_read_exact(stream, n) for n in lengths]
+    return pickle.loads(data, buffers=buffers)  # noqa: S301 - our own child/parent, own pipe
+
+
+def _payload(data: Optional[bytes]) -> Union[None, bytes, pickle.PickleBuffer]:
+    if data is not None and len(data) >= _OUT_OF_BAND:
+        return pickle.PickleBuffer(data)  # out of band: not copied into the pickle
+    return data
 
 
 def _record_tuple(record: relay.CallRecord) -> Tuple[Any, ...]:
@@ -62,25 +118,53 @@ def _record_tuple(record: relay.CallRecord) -> Tuple[Any, ...]:
         record.wall,
         record.code,
         record.details,
-        record.request,
-        record.reply,
+        _payload(record.request),
+        _payload(record.reply),
         record.hooked,
         record.runtime,
     )
 
 
+def _service_log_level() -> int:
+    """The level of this process's dump loggers (the child logs under their names)."""
+    return min(logging.getLogger(name).getEffectiveLevel() for name in (dump.log.name, log.name))
+
+
+class _Writer:
+    """One child process and what the service knows of it."""
+
+    __slots__ = ("gone", "proc", "reader", "shipped", "started", "stats")
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.reader: Optional[threading.Thread] = None
+        self.started = time.monotonic()
+        self.stats: Dict[str, int] = dict.fromkeys(_COUNTERS, 0)  # as last reported
+        self.shipped = 0  # calls sent to it (the sending thread)
+        self.gone = False  # its output ended: it exited (set by the reader)
+
+    def unaccounted(self) -> int:
+        """Calls sent to it that it has not reported written, failed or dropped."""
+        stats = self.stats
+        return max(0, self.shipped - sum(stats[k] for k in _COUNTERS))
+
+
 class ProcessDump(dump.Dump):
     """A `dump.Dump` whose records are formatted and written by a child process."""
 
-    def __init__(self, rules: Any, path: Optional[str] = None, **kwargs: Any) -> None:
+    def __init__(
+        self, rules: Sequence[DumpRule], path: Optional[str] = None, **kwargs: Any
+    ) -> None:
         super().__init__(rules, path, **kwargs)
-        self._child: Optional[subprocess.Popen] = None
-        self._reader: Optional[threading.Thread] = None
-        self._child_stats: Dict[str, int] = {"written": 0, "failed": 0, "dropped": 0}
-        self._base_stats: Dict[str, int] = dict(self._child_stats)  # of children gone
+        self._writer: Optional[_Writer] = None
+        self._base: Dict[str, int] = dict.fromkeys(_COUNTERS, 0)  # of children gone
+        self._lost = 0  # calls lost with children that died or could not be started
+        self._stats_lock = threading.Lock()  # _writer, _base, _lost as one for stats()
         self._acks: Dict[int, threading.Event] = {}
-        self._lost = 0  # calls lost with a child that died
         self._ack_lock = threading.Lock()
+        self._log_level: Optional[int] = None  # set_log_level(); None: the loggers' level
+        self._failures = 0  # children that died young in a row (the sending thread)
+        self._retry_at = 0.0  # monotonic: no new child before
 
     # -- lifecycle (the writer thread of dump.Dump is the sender here)
 
@@ -89,8 +173,8 @@ class ProcessDump(dump.Dump):
             return
         if self.path is not None:
             os.close(dump.open_dump_file(self.path))  # the error, if any, is raised here
-        self._spawn()
         self._closed = False
+        self._revive()  # a failure is logged; the sender tries again (back-off)
         self._thread = threading.Thread(target=self._run, name="cri-dump-send", daemon=True)
         self._thread.start()
 
@@ -110,90 +194,207 @@ class ProcessDump(dump.Dump):
         self._post(dump._Control("swap", path))
         return True
 
-    def set_rules(self, rules: Any) -> None:
+    def set_rules(self, rules: Sequence[DumpRule]) -> None:
         super().set_rules(rules)
         self._post(dump._Control("rules", tuple(rules)))
 
-    def stop(self, timeout: float = 10.0) -> None:
-        super().stop(timeout)
-        child = self._child
-        if child is not None:
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("dump writer process did not finish within %.1fs; killed", timeout)
-                child.kill()
-                child.wait()
-        if self._reader is not None:
-            self._reader.join(timeout)
+    def set_log_level(self, level: Optional[int] = None) -> None:
+        """The writer process logs at `level` from now on (None: the level this process's
+        dump loggers have now). Call it after the service's log levels changed (SIGUSR1,
+        reload); the writer process is told in order with the queued records."""
+        if level is None:
+            level = _service_log_level()
+        self._log_level = level
+        self._post(dump._Control("level", level))
+
+    def stop(self, timeout: float = 10.0, summary: Optional[bool] = None) -> None:
+        super().stop(timeout, summary)  # the sender sent "stop" and closed the pipe
+        w = self._writer
+        if w is not None:
+            self._reap(w, timeout)
 
     def stats(self) -> Dict[str, int]:
-        child, base = self._child_stats, self._base_stats
+        service, child = self._counters()
         return {
             "queued": self._enqueued - self._dequeued,
-            "written": base["written"] + child["written"],
-            "dropped": self._dropped + self._lost + base["dropped"] + child["dropped"],
-            "failed": base["failed"] + child["failed"],
+            "written": service["written"] + child["written"],
+            "dropped": service["dropped"] + child["dropped"],
+            "failed": service["failed"] + child["failed"],
         }
+
+    def _counters(self) -> Tuple[Dict[str, int], Dict[str, int]]:
+        """(the service's part of the counters, the current child's as it last reported).
+
+        The service's part: its drops, the calls lost with children, and what the
+        children before the current one did.
+        """
+        with self._stats_lock:
+            w = self._writer
+            service = dict(self._base)
+            lost = self._lost
+            child = dict(w.stats) if w is not None else dict.fromkeys(_COUNTERS, 0)
+            if w is not None and w.gone:
+                lost += w.unaccounted()
+        service["dropped"] += self._dropped + lost
+        return service, child
 
     # -- the child
 
-    def _spawn(self) -> None:
-        for key, value in self._child_stats.items():  # what the previous child did
-            self._base_stats[key] += value
-        self._child_stats = {key: 0 for key in self._child_stats}
-        rules = tuple(self.rules)
-        self._child = subprocess.Popen(
+    def _popen(self) -> subprocess.Popen:
+        """Start `python -m cri_resmgr.dumpproc`, in a session of its own (a terminal's
+        signals for the service's process group do not reach it)."""
+        return subprocess.Popen(
             [sys.executable, "-m", "cri_resmgr.dumpproc"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
+            start_new_session=True,
         )
-        assert self._child.stdin is not None
-        _send(
-            self._child.stdin,
-            ("init", rules, self.path, logging.getLogger("cri_resmgr").getEffectiveLevel()),
-        )
-        self._reader = threading.Thread(
-            target=self._read, args=(self._child,), name="cri-dump-recv", daemon=True
-        )
-        self._reader.start()
 
-    def _read(self, child: subprocess.Popen) -> None:
-        """Counters and flush acknowledgements from the child."""
-        assert child.stdout is not None
-        while True:
-            try:
-                kind, *args = _recv(child.stdout)
-            except (EOFError, OSError, pickle.UnpicklingError):
-                return
-            if kind == "stats":
-                if child is self._child:  # not a late word from a child replaced since
-                    self._child_stats = args[0]
-            elif kind == "ack":
-                with self._ack_lock:
-                    event = self._acks.pop(args[0], None)
-                if event is not None:
-                    event.set()
+    def _spawn(self) -> _Writer:
+        """Start a child and make it the current one; raises what starting it raised."""
+        proc = self._popen()
+        w = _Writer(proc)
+        try:
+            assert proc.stdin is not None
+            level = self._log_level if self._log_level is not None else _service_log_level()
+            _send(proc.stdin, ("init", tuple(self.rules), self.path, level))
+            w.reader = threading.Thread(
+                target=self._read, args=(w,), name="cri-dump-recv", daemon=True
+            )
+            w.reader.start()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                try:
+                    if pipe is not None:
+                        pipe.close()
+                except OSError:
+                    pass
+            raise
+        old = self._writer
+        if old is not None:  # one stopped before (start after stop)
+            self._fold(old)
+        with self._stats_lock:
+            self._writer = w
+        return w
 
-    def _ship(self, message: Any, calls: int = 0) -> bool:
-        """Send one message; on a dead child start another. False if it was lost."""
-        for attempt in (1, 2):
-            child = self._child
+    def _revive(self) -> Optional[_Writer]:
+        """Start a new child unless the dump is stopping or the back-off lasts."""
+        if self._closed or time.monotonic() < self._retry_at:
+            return None
+        try:
+            return self._spawn()
+        except Exception as exc:  # noqa: BLE001 - EMFILE, ENOMEM, a child dead at once...
+            self._child_failed(f"could not be started ({exc})", 0.0)
+            return None
+
+    def _current(self) -> Optional[_Writer]:
+        """The child to send to: the current one while it runs, else a new one (or None)."""
+        w = self._writer
+        if w is not None and w.gone:
+            self._retire(w)
+            w = None
+        return w if w is not None else self._revive()
+
+    def _reap(self, w: _Writer, timeout: float) -> Optional[int]:
+        """Wait for `w` to end (killed after `timeout`), collect its last reports;
+        its exit status."""
+        proc = w.proc
+        try:
+            code = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("dump writer process did not finish within %.1fs; killed", timeout)
+            proc.kill()
+            code = proc.wait()
+        if w.reader is not None:
+            w.reader.join(max(timeout, 1.0))  # its output ended with it
+        if proc.stdout is not None and (w.reader is None or not w.reader.is_alive()):
+            proc.stdout.close()
+        return code
+
+    def _retire(self, w: _Writer) -> None:
+        """`w` exited or its pipe broke: add up what it did and lost, plan the next one."""
+        if w.proc.stdin is not None:
             try:
-                assert child is not None and child.stdin is not None
-                _send(child.stdin, message)
-                return True
-            except (BrokenPipeError, OSError, AssertionError):
-                if self._closed and message[0] == "stop":
-                    return False
-                log.error(
-                    "dump writer process exited (%s); starting a new one",
-                    child.poll() if child is not None else "none",
-                )
-                self._spawn()
-                if attempt == 2:
-                    break
+                w.proc.stdin.close()
+            except OSError:
+                pass  # a broken pipe: what was buffered for it is lost either way
+        code = self._reap(w, 2.0)
+        self._fold(w)
+        self._child_failed(f"exited (status {code})", time.monotonic() - w.started)
+
+    def _fold(self, w: _Writer) -> None:
+        """Move what the child `w` did and lost into the service's counters."""
+        with self._stats_lock:
+            for key in _COUNTERS:
+                self._base[key] += w.stats[key]
+            self._lost += w.unaccounted()
+            if self._writer is w:
+                self._writer = None
+
+    def _child_failed(self, what: str, lived: float) -> None:
+        """A child `what` after `lived` seconds: log once per outage, set the back-off."""
+        now = time.monotonic()
+        if self._closed:
+            log.warning("dump writer process %s while the dump stopped; calls were lost", what)
+            return
+        if self._failures == 0 or lived >= _BACKOFF_MAX:  # a new outage
+            self._failures = 1
+            self._retry_at = now
+            log.error(
+                "dump writer process %s; starting a new one (calls are counted as dropped "
+                "until one runs)",
+                what,
+            )
+            return
+        self._failures += 1
+        wait = min(_BACKOFF_MIN * 2 ** (self._failures - 2), _BACKOFF_MAX)
+        self._retry_at = now + wait
+        log.debug("dump writer process %s again; the next in %.1fs", what, wait)
+
+    def _read(self, w: _Writer) -> None:
+        """Counters and flush acknowledgements from the child `w`, until it ends."""
+        assert w.proc.stdout is not None
+        try:
+            while True:
+                try:
+                    kind, *args = _recv(w.proc.stdout)
+                except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                    return
+                if kind == "stats":
+                    w.stats = args[0]
+                elif kind == "ack":
+                    with self._ack_lock:
+                        event = self._acks.pop(args[0], None)
+                    if event is not None:
+                        event.set()
+        finally:
+            w.gone = True
+            with self._ack_lock:  # no acknowledgement is coming any more
+                events = list(self._acks.values())
+                self._acks.clear()
+            for event in events:
+                event.set()
+
+    def _ship(self, message: Tuple[Any, ...], calls: int = 0) -> bool:
+        """Send one message (carrying `calls` calls); on a dead child try a new one.
+
+        False when it could not be sent: the calls are counted as lost (dropped).
+        """
+        for _attempt in (1, 2):
+            w = self._current()
+            if w is None:
+                break
+            try:
+                assert w.proc.stdin is not None
+                _send(w.proc.stdin, message)
+            except (OSError, ValueError):  # a broken pipe, or the pipe was closed
+                self._retire(w)
+                continue
+            w.shipped += calls
+            return True
         self._lost += calls
         return False
 
@@ -202,33 +403,41 @@ class ProcessDump(dump.Dump):
     def _drain(self) -> bool:
         items = self._items
         batch: List[Tuple[Any, ...]] = []
+        size = 0
         while items:
             item = items.popleft()
             if isinstance(item, dump._Control):
                 self._flush_batch(batch)
-                batch = []
+                batch, size = [], 0
                 if self._control(item):
                     return True
                 continue
             entry, record = item
-            self._dequeued += 1
-            self._dequeued_bytes += (len(record.request) if record.request is not None else 0) + (
+            n = (len(record.request) if record.request is not None else 0) + (
                 len(record.reply) if record.reply is not None else 0
             )
+            self._dequeued += 1
+            self._dequeued_bytes += n
             batch.append((entry.level, _record_tuple(record)))
-            if len(batch) >= _BATCH:
+            size += n
+            if len(batch) >= _BATCH or size >= _BATCH_BYTES:
                 self._flush_batch(batch)
-                batch = []
+                batch, size = [], 0
         self._flush_batch(batch)
-        if self._dropped != self._drops_written:
-            n = self._dropped - self._drops_written
-            self._drops_written = self._dropped
-            self._ship(("dropped", n))
+        self._ship_drops()
         return False
 
     def _flush_batch(self, batch: List[Tuple[Any, ...]]) -> None:
         if batch:
             self._ship(("records", batch), len(batch))
+
+    def _ship_drops(self) -> None:
+        """Tell the child about calls dropped or lost here, for its `!! dropped` line."""
+        total = self._dropped + self._lost
+        if total != self._drops_written:
+            n = total - self._drops_written
+            self._drops_written = total
+            self._ship(("dropped", n))
 
     def _control(self, control: dump._Control) -> bool:
         try:
@@ -239,19 +448,27 @@ class ProcessDump(dump.Dump):
                 with self._ack_lock:
                     self._acks[token] = event
                 if self._ship(("flush", token)):
-                    event.wait(30)
+                    event.wait(_FLUSH_WAIT)
+                with self._ack_lock:
+                    self._acks.pop(token, None)
             elif op == "summary":
-                self._ship(("summary", self._summary_counts(), self.stats(), self._since))
+                self._current()  # the counters of a child gone are the service's
+                self._ship(("summary", self._summary_counts(), self._counters()[0], self._since))
             elif op == "stop":
-                summary = (
-                    (self._summary_counts(), self.stats(), self._since) if control.arg else None
-                )
+                self._ship_drops()
+                summary = None
+                if control.arg:
+                    self._current()
+                    summary = (self._summary_counts(), self._counters()[0], self._since)
                 self._ship(("stop", summary))
-                child = self._child
-                if child is not None and child.stdin is not None:
-                    child.stdin.close()
+                w = self._writer
+                if w is not None and w.proc.stdin is not None:
+                    try:
+                        w.proc.stdin.close()
+                    except OSError:
+                        pass
                 return True
-            else:  # reopen, swap, rules
+            else:  # reopen, swap, rules, level
                 self._ship((op, control.arg))
             return False
         finally:
@@ -264,6 +481,10 @@ class ProcessDump(dump.Dump):
 # --- the child process -----------------------------------------------------------------
 
 
+class _ServiceGone(Exception):
+    """The service's end of a pipe closed: it exited (or was killed)."""
+
+
 class _Child:
     """The child's side: a threaded `dump.Dump` fed from stdin."""
 
@@ -271,7 +492,7 @@ class _Child:
         self.dump = dump.Dump(rules, path, paced=False)
         self.dump.start()
         self.entries: Dict[Tuple[str, str], dump._Method] = {}
-        self.out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+        self.out = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)  # writes all
         self.reported = 0.0
 
     def entry(self, path: str, level: str) -> dump._Method:
@@ -281,12 +502,22 @@ class _Child:
             entry = self.entries[key] = dump._Method.fixed(path, level)
         return entry
 
+    def send(self, message: Tuple[Any, ...]) -> None:
+        """A message to the service; raises _ServiceGone when its pipe is broken."""
+        try:
+            _send(self.out, message)
+        except OSError as exc:
+            null = os.open(os.devnull, os.O_WRONLY)  # what stays buffered goes nowhere,
+            os.dup2(null, self.out.fileno())  # quietly, when the stream is closed
+            os.close(null)
+            raise _ServiceGone(f"the service went away ({exc.strerror or exc})") from None
+
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self.reported >= _REPORT:
             self.reported = now
             stats = self.dump.stats()
-            _send(self.out, ("stats", {k: stats[k] for k in ("written", "failed", "dropped")}))
+            self.send(("stats", {k: stats[k] for k in _COUNTERS}))
 
     def handle(self, message: Tuple[Any, ...]) -> bool:
         """One message from the parent; False at the end."""
@@ -303,12 +534,15 @@ class _Child:
             d.reopen()
         elif kind == "dropped":
             d.add_dropped(message[1])
+        elif kind == "level":
+            logging.getLogger("cri_resmgr").setLevel(message[1])
+            log.debug("dump writer process: log level %s", logging.getLevelName(message[1]))
         elif kind == "summary":
             d.write_summary_of(*message[1:])
         elif kind == "flush":
-            d.flush(30)
+            d.flush(_FLUSH_WAIT)
             self.report(force=True)
-            _send(self.out, ("ack", message[1]))
+            self.send(("ack", message[1]))
         elif kind == "stop":
             if message[1] is not None:
                 d.write_summary_of(*message[1])
@@ -319,31 +553,43 @@ class _Child:
         return True
 
 
+def _next(stdin: IO[bytes]) -> Tuple[Any, ...]:
+    try:
+        return _recv(stdin)  # type: ignore[no-any-return]
+    except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+        raise _ServiceGone("the service went away (its pipe ended)") from None
+
+
 def main() -> int:
-    """`python -m cri_resmgr.dumpproc`: the dump's writer process (started by the service)."""
+    """`python -m cri_resmgr.dumpproc`: the dump's writer process (started by the service).
+
+    Exits 0, quietly, when the service stops it and when the service is gone.
+    """
+    for name in _IGNORED_SIGNALS:  # the service decides when this process ends
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     try:
         os.nice(_NICE)
     except OSError:
         pass
     stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
     try:
-        kind, rules, path, level = _recv(stdin)
-    except EOFError:
+        kind, rules, path, level = _next(stdin)
+    except _ServiceGone:
         return 0
     logging.basicConfig(
         stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("cri_resmgr").setLevel(level or logging.INFO)
     child = _Child(rules, path)
-    while True:
-        try:
-            message = _recv(stdin)
-        except EOFError:
-            child.dump.stop()
-            return 0
-        if not child.handle(message):
-            return 0
+    try:
+        while child.handle(_next(stdin)):
+            pass
+    except _ServiceGone as exc:
+        log.warning("dump writer process: %s; writing what it sent, then exiting", exc)
+        child.dump.stop(summary=False)
+    return 0
 
 
 if __name__ == "__main__":
+    log = logging.getLogger("cri_resmgr.dumpproc")  # not "__main__": the service's levels
     sys.exit(main())

@@ -789,3 +789,34 @@ def test_set_path_to_the_log_and_back(
         assert d.flush(10)
     assert any("web:back" in r.getMessage() for r in caplog.records)
     assert d.stats()["failed"] == 0
+
+
+def test_drops_from_elsewhere_are_written_but_not_counted(
+    tmp_path: Path, dumps: List[dump.Dump]
+) -> None:
+    """The writer process is told the service's drops for its `!!` line; the service
+    counts them (counting them here too would count them twice)."""
+    path = tmp_path / "dump.log"
+    d = started(dumps, "", path)
+    d.add_dropped(7)
+    d.observe(create_call("after"))
+    assert d.flush(10)
+    assert re.search(TS + "  !! dropped 7 calls \\(queue full\\)", path.read_text())
+    assert d.stats() == {"queued": 0, "written": 1, "dropped": 0, "failed": 0}
+
+
+def test_summary_of_counts_kept_elsewhere_adds_this_dumps_own(
+    tmp_path: Path, dumps: List[dump.Dump]
+) -> None:
+    path = tmp_path / "dump.log"
+    d = started(dumps, "", path)
+    d.observe(create_call("a"))
+    d.observe(create_call("b"))
+    d.write_summary_of(
+        [("Version", [3, 1, {5: 1}])], {"written": 10, "dropped": 4, "failed": 1}, 1795851736.0
+    )
+    assert d.flush(10)
+    text = path.read_text()
+    assert "    Version: 3 calls, 1 errors (NotFound 1)" in text
+    # the two calls written here, after the ten written elsewhere
+    assert "    dump: 12 calls written, 4 dropped (queue full), 1 failed to write" in text
