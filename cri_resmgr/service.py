@@ -255,6 +255,8 @@ class Service:
 
     def _toggle_debug(self) -> None:
         on = self.logging.toggle_debug()
+        if self.dump is not None:
+            self.dump.set_log_level()  # the dump's writer process too
         log.warning("debug logging for all modules %s (SIGUSR1)", "on" if on else "off")
 
     def _dump_summary(self) -> None:
@@ -315,6 +317,8 @@ class Service:
         sections = {c.section for c in live}
         if "log" in sections:
             self.logging.configure(new.get("log", "level"), new.get("log", "debug"))
+            if self.dump is not None:
+                self.dump.set_log_level()
         if self.dump is not None:
             if "dump" in sections:
                 self.dump.set_rules(new.dump_rules)
