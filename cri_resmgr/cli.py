@@ -29,11 +29,7 @@ PROG = "cri-resmgr"
 _CLI_FLAGS = ("config-dir", "list-policies", "print-config", "version", "daemon")
 
 
-def unquote(value: str) -> str:
-    """Strip one pair of matching quotes around the whole value (see module docstring)."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
+unquote = cfg.unquote  # the service's rule, shared with `cri-resmgr status`
 
 
 def normalize_argv(argv: Sequence[str]) -> List[str]:
@@ -75,17 +71,7 @@ def _service_parser() -> argparse.ArgumentParser:
         type=unquote,
         help="read DIR/*.conf in lexical order (default %(default)s)",
     )
-    for flag, key in cfg.FLAGS.items():
-        kwargs: Dict[str, object] = {
-            "dest": _dest(flag),
-            "metavar": "VALUE",
-            "type": unquote,
-            "help": f"[{key.section}] {key.name}: {key.help} Allowed: "
-            f"{key.type.describe_allowed()}.",
-        }
-        if isinstance(key.type, cfg.Bool):
-            kwargs.update(nargs="?", const="true", metavar="BOOL")
-        parser.add_argument("--" + flag, **kwargs)  # type: ignore[arg-type]
+    cfg.add_config_flags(parser)
     parser.add_argument(
         "--list-policies", action="store_true", help="list the policies and their manuals"
     )
@@ -103,23 +89,10 @@ def _service_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dest(flag: str) -> str:
-    return "flag_" + flag.replace("-", "_")
-
-
-def _overrides(args: argparse.Namespace) -> Dict[Tuple[str, str], str]:
-    out: Dict[Tuple[str, str], str] = {}
-    for flag, key in cfg.FLAGS.items():
-        value = getattr(args, _dest(flag), None)
-        if value is not None:
-            out[(key.section, key.name)] = value
-    return out
-
-
 def load_config(argv: Sequence[str]) -> Tuple[cfg.Config, argparse.Namespace, Dict]:
     """Parse service flags and load the configuration they point at."""
     args = _service_parser().parse_args(normalize_argv(argv))
-    overrides = _overrides(args)
+    overrides = cfg.flag_overrides(args)
     return cfg.load(args.config_dir, overrides), args, overrides
 
 

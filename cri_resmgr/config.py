@@ -69,12 +69,16 @@ __all__ = [
     "Problem",
     "SECTIONS",
     "Setting",
+    "add_config_flags",
     "after_reload",
     "default_config",
+    "default_control_socket",
     "diff_live",
+    "flag_overrides",
     "load",
     "render_conf",
     "render_markdown",
+    "unquote",
 ]
 
 log = logging.getLogger(__name__)
@@ -560,7 +564,7 @@ def _derive_image_socket(get: Getter) -> Optional[str]:
 
 
 def _derive_control_socket(get: Getter) -> str:
-    return os.path.join(os.path.dirname(get("relay", "socket")), CONTROL_SOCKET_NAME)
+    return default_control_socket(get("relay", "socket"))
 
 
 _ON_ERROR_HELP = (
@@ -941,6 +945,58 @@ _KEY_INDEX: Mapping[Tuple[str, str], Key] = MappingProxyType({(k.section, k.name
 
 #: Keys by flag name (without the dash), for the command line.
 FLAGS: Mapping[str, Key] = MappingProxyType({k.flag: k for k in KEYS if k.flag})
+
+
+def unquote(value: str) -> str:
+    """Strip one pair of matching quotes around a whole flag value.
+
+    systemd expands ``$POLICY_OPTIONS`` from an environment file without removing
+    quotes, so ``-dump='reset,full:.*'`` reaches the program with them; a shell would
+    have removed them.
+    """
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+def _flag_dest(flag: str) -> str:
+    return "flag_" + flag.replace("-", "_")
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, show: Optional[Collection[str]] = None
+) -> None:
+    """Add every configuration flag (``--relay-socket`` ...) to `parser`; the help of
+    those not in `show` is hidden (default: all shown). See `flag_overrides`."""
+    for flag, key in FLAGS.items():
+        kwargs: Dict[str, Any] = {
+            "dest": _flag_dest(flag),
+            "metavar": "VALUE",
+            "type": unquote,
+            "help": f"[{key.section}] {key.name}: {key.help} Allowed: "
+            f"{key.type.describe_allowed()}.",
+        }
+        if isinstance(key.type, Bool):
+            kwargs.update(nargs="?", const="true", metavar="BOOL")
+        if show is not None and flag not in show:
+            kwargs["help"] = argparse.SUPPRESS
+        parser.add_argument("--" + flag, **kwargs)
+
+
+def flag_overrides(args: argparse.Namespace) -> Dict[Tuple[str, str], str]:
+    """The `load` overrides of the configuration flags given on a parsed command line."""
+    out: Dict[Tuple[str, str], str] = {}
+    for flag, key in FLAGS.items():
+        value = getattr(args, _flag_dest(flag), None)
+        if value is not None:
+            out[(key.section, key.name)] = value
+    return out
+
+
+def default_control_socket(relay_socket: str) -> str:
+    """The control socket next to `relay_socket` (``[relay] control-socket``'s default)."""
+    path = relay_socket[len("unix://") :] if relay_socket.startswith("unix://") else relay_socket
+    return os.path.join(os.path.dirname(path), CONTROL_SOCKET_NAME)
 
 
 def _template_of(section: str) -> Optional[str]:

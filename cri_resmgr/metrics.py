@@ -343,7 +343,7 @@ def _cumulative(counts: Sequence[int], bounds: Sequence[str]) -> List[Tuple[str,
     return out
 
 
-def _split_key(key: str) -> Tuple[str, str, str]:
+def split_key(key: str) -> Tuple[str, str, str]:
     """``namespace/pod:container`` -> (namespace, pod, container)."""
     namespace, _, rest = key.partition("/")
     pod, _, name = rest.partition(":")
@@ -567,7 +567,7 @@ class _Collector:
             classes[cls] = classes.get(cls, 0) + 1
             owned = len(CPUSet.parse(placement.get("exclusive") or "")) if placement else 0
             if owned:
-                exclusive.add_metric(list(_split_key(c.get("container", ""))), owned)
+                exclusive.add_metric(list(split_key(c.get("container", ""))), owned)
         yield exclusive
         per_class = gauge(
             "cri_resmgr_containers",

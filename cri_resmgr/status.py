@@ -43,7 +43,7 @@ import time
 from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO
 
 from cri_resmgr import config as cfg
-from cri_resmgr import control, cpumap
+from cri_resmgr import control, cpumap, metrics
 from cri_resmgr.errors import ConfigError
 from cri_resmgr.version import __version__
 
@@ -75,18 +75,12 @@ def config_json(config: cfg.Config) -> Dict[str, Any]:
     return {"dir": config.config_dir, "files": list(config.files), "settings": settings}
 
 
-def _split_key(key: str) -> List[str]:
-    namespace, _, rest = key.partition("/")
-    pod, _, name = rest.partition(":")
-    return [namespace, pod, name]
-
-
 def containers_json(policy_status: Mapping[str, Any]) -> List[Dict[str, Any]]:
     """The hooks' container entries, flattened: placement fields at the top level."""
     out = []
     for c in policy_status.get("containers", []):
         key = c.get("container", "")
-        namespace, pod, name = _split_key(key)
+        namespace, pod, name = metrics.split_key(key)
         placement = c.get("placement") or {}
         out.append(
             {
@@ -427,7 +421,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config-dir",
         metavar="DIR",
         default=cfg.DEFAULT_CONFIG_DIR,
-        type=cfg_unquote,
+        type=cfg.unquote,
         help="the service's configuration directory (default %(default)s)",
     )
     parser.add_argument(
@@ -440,48 +434,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--top", type=int, default=8, help="how many methods to list")
     parser.add_argument("--width", type=int, default=0, help="line width (default: terminal)")
-    for flag, key in cfg.FLAGS.items():
-        kwargs: Dict[str, Any] = {"dest": "flag_" + flag.replace("-", "_"), "type": cfg_unquote}
-        if flag == "relay-socket":
-            kwargs["help"] = "the service's relay socket (the control socket is next to it)"
-            kwargs["metavar"] = "PATH"
-        else:
-            kwargs["help"] = argparse.SUPPRESS
-        if isinstance(key.type, cfg.Bool):
-            kwargs["nargs"] = "?"
-            kwargs["const"] = "true"
-        parser.add_argument("--" + flag, **kwargs)
+    # The service's flags: its relay socket finds its control socket.
+    cfg.add_config_flags(parser, show=("relay-socket",))
     return parser
-
-
-def cfg_unquote(value: str) -> str:
-    """Strip one pair of matching quotes around the whole value (as the service's flags)."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
 
 
 def control_socket(args: argparse.Namespace, err: TextIO) -> str:
     """Where the service's control socket is, from the flags and the configuration."""
     if args.control_socket:
         return str(args.control_socket)
-    overrides = {}
-    for flag, key in cfg.FLAGS.items():
-        value = getattr(args, "flag_" + flag.replace("-", "_"), None)
-        if value is not None:
-            overrides[(key.section, key.name)] = value
+    overrides = cfg.flag_overrides(args)
     try:
         config = cfg.load(args.config_dir, overrides)
         return str(config.get("relay", "control-socket"))
     except ConfigError as exc:
-        relay_socket = overrides.get(("relay", "socket"))
-        if relay_socket is None:
-            relay_socket = next(
-                k.default for k in cfg.KEYS if (k.section, k.name) == ("relay", "socket")
-            )
-        path = os.path.join(
-            os.path.dirname(control.socket_path(relay_socket)), cfg.CONTROL_SOCKET_NAME
+        relay_socket = overrides.get(("relay", "socket")) or cfg.default_config().get(
+            "relay", "socket"
         )
+        path = cfg.default_control_socket(relay_socket)
         print(
             f"{PROG}: configuration has {len(exc.problems)} problem(s) "
             f"(cri-resmgr config check); trying {path}",
