@@ -42,8 +42,9 @@ when changing the code:
   ``cpus`` are own | shared idle; ``mems`` the NUMA nodes of those CPUs (nodes without
   memory replaced by their nearest ones; memory-only nodes are not used).
 * **Updates.** Every balloon has one `Placement` object that all its containers share;
-  after each change ``_refresh`` recomputes the free CPUs and every balloon's
-  placement, and the containers of the balloons whose placement changed go into
+  after each change ``_refresh`` recomputes every balloon's CPUs (own | free ones in
+  its reach, the reach cached per own CPUs from a CPU -> group table per level) and
+  builds a new placement for those whose CPUs changed; their containers go into
   ``Decision.updates``.
 * **Errors** leave the state as it was: the balloon and its new CPUs are picked
   first, committed after. `errors.AllocationError` names the container, the type and
@@ -168,6 +169,8 @@ class _Balloon:
         "placement",
         "pods",
         "previous",
+        "reach",
+        "reach_of",
         "requested",
     )
 
@@ -180,6 +183,9 @@ class _Balloon:
         self.requested = 0  # milli-CPUs, sum over containers
         self.placement: Optional[Placement] = None  # what its containers get
         self.previous: Optional[CPUSet] = None  # own CPUs before the last resize
+        # bitmask of the CPUs whose idle ones it shares, for own CPUs ``reach_of``
+        self.reach = 0
+        self.reach_of = -1
 
     @property
     def name(self) -> str:
@@ -452,6 +458,11 @@ class BalloonsPolicy(Policy):
         )
         self._of: Dict[str, _Balloon] = {}  # key -> its balloon
         self._groups = self._level_groups(topology)
+        #: share-idle-cpus-in-same level -> CPU -> the bitmask of its group at that level
+        self._group_of: Dict[str, Dict[int, int]] = {
+            level: {cpu: bits for bits in groups for cpu in CPUSet.from_bits(bits)}
+            for level, groups in self._groups.items()
+        }
         self._refresh()
         log.debug(
             "balloons policy: reserved %s, isolated %s, free %s; balloons %s",
@@ -492,30 +503,30 @@ class BalloonsPolicy(Policy):
             "core": tuple(c.bits for c in topology.cores.values()),
         }
 
-    def _idle_for(self, balloon: _Balloon) -> CPUSet:
-        """The free CPUs a balloon's containers may use too (share-idle-cpus-in-same)."""
-        level = balloon.btype.share_idle_cpus_in_same
-        free = self._free
-        if not level or not free or not balloon.cpus:
-            return _NO_CPUS
-        if level == "system":
-            return free
+    def _reach_of(self, balloon: _Balloon) -> int:
+        """Bitmask of the CPUs whose idle ones a balloon's containers may use (see
+        `_reach`; none without own CPUs), recomputed only when its own CPUs change."""
         own = balloon.cpus.bits
-        mask = 0
-        for group in self._groups[level]:
-            if group & own:
-                mask |= group
-        return CPUSet.from_bits(mask & free.bits)
+        if balloon.reach_of != own:
+            balloon.reach_of = own
+            balloon.reach = self._reach(balloon.btype, balloon.cpus) if own else 0
+        return balloon.reach
 
     def _refresh(self, exclude: str = "") -> Dict[str, Placement]:
         """Recompute every balloon's placement; the containers whose placement changed
-        (``exclude``: the key the decision is about)."""
+        (``exclude``: the key the decision is about).
+
+        A balloon's CPUs are its own plus the free CPUs within its reach (cached per
+        own CPUs): a few integer operations per balloon; a `Placement` is built only
+        for the balloons whose CPUs changed."""
         updates: Dict[str, Placement] = {}
+        free = self._free.bits
         for balloon in self.balloons:
-            cpus = balloon.cpus | self._idle_for(balloon)
+            bits = balloon.cpus.bits | (self._reach_of(balloon) & free)
             old = balloon.placement
-            if old is not None and old.cpus == cpus:
+            if old is not None and old.cpus.bits == bits:
                 continue
+            cpus = CPUSet.from_bits(bits)
             placement = balloon.placement = Placement(
                 cpus=cpus,
                 mems=self.allocator.mems_of(cpus),
@@ -1064,17 +1075,18 @@ class BalloonsPolicy(Policy):
         return chosen
 
     def _reach(self, bt: BalloonType, cpus: CPUSet) -> int:
-        """The CPUs (bitmask) a balloon of ``bt`` whose placement was ``cpus`` would have
-        been given if they were idle: its level's groups that ``cpus`` touches."""
+        """The CPUs (bitmask) a balloon of ``bt`` with ``cpus`` shares when they are
+        idle: its level's groups that ``cpus`` touches (every usable CPU for
+        ``system``, none without share-idle-cpus-in-same)."""
         level = bt.share_idle_cpus_in_same
         if not level:
             return 0
         if level == "system":
             return self.usable.bits
+        group_of = self._group_of[level]
         mask = 0
-        for group in self._groups[level]:
-            if group & cpus.bits:
-                mask |= group
+        for cpu in cpus:
+            mask |= group_of.get(cpu, 0)
         return mask
 
     def _make_up_min_balloons(self) -> None:

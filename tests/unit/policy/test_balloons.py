@@ -77,6 +77,26 @@ def balloons(pol: BalloonsPolicy) -> Dict[str, Dict[str, Any]]:
     return {b["name"]: b for b in pol.describe()}
 
 
+def idle_cpus(p: BalloonsPolicy, level: str, cpus: CPUSet) -> CPUSet:
+    """The free CPUs a balloon with ``cpus`` shares at ``level``, from the topology."""
+    t = p.topology
+    if not level or not cpus:
+        return CPUSet()
+    if level == "system":
+        return p.free_cpus
+    groups = {
+        "package": list(t.packages.values()),
+        "die": list(t.dies.values()),
+        "numa": [t.nodes[n].cpus for n in t.cpu_nodes],
+        "core": list(t.cores.values()),
+    }[level]
+    reach = CPUSet()
+    for group in groups:
+        if group & cpus:
+            reach |= group
+    return reach & p.free_cpus
+
+
 def check(p: BalloonsPolicy) -> None:
     """The invariants every state must satisfy."""
     t = p.topology
@@ -101,9 +121,7 @@ def check(p: BalloonsPolicy) -> None:
                 need = min(need, bt.max_cpus)
             assert len(cpus) >= need, b
             assert len(cpus) <= max(need, -(-need // tpc) * tpc), b
-        assert b["idle"] <= p.free_cpus, b
-        if not bt.share_idle_cpus_in_same:
-            assert not b["idle"], b
+        assert b["idle"] == idle_cpus(p, bt.share_idle_cpus_in_same, cpus), b
         allowed = cpus | b["idle"]
         for key in b["containers"]:
             pl = placements[key]

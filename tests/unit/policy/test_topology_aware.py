@@ -32,7 +32,7 @@ from cri_resmgr.policy.base import (
     Pod,
 )
 from cri_resmgr.policy.reserve import resolve_reserved
-from cri_resmgr.policy.topology_aware import TopologyAwarePolicy
+from cri_resmgr.policy.topology_aware import Request, TopologyAwarePolicy
 from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.synthetic import MemoryOnlyNode
@@ -920,3 +920,56 @@ def test_fallback_placement_survives_a_same_size_resize(desktop: Topology) -> No
         q.update("b", POD, ctr("b", 17000, pod="b"))
     assert q.placements() == before
     check(q)
+
+
+# --- the hot path: knock-on updates, debug strings -----------------------------------------
+
+
+def test_a_pool_change_builds_one_placement_per_kind_of_shared_container(server: Topology) -> None:
+    """An exclusive allocation shrinks a pool: its shared containers get new placements,
+    built once per pool and per (request, memory nodes), not once per container."""
+    p = make(server)
+    for i in range(200):
+        c = ctr(f"s{i}", 0, BESTEFFORT, pod=f"p{i}")
+        p.allocate(f"s{i}", Pod(id=c.pod_id, uid=c.pod_id, name=c.pod_name, namespace="default"), c)
+    built = []
+    placement_of = p._placement  # noqa: SLF001
+
+    def counting(g: Any, *rest: Any) -> Placement:
+        built.append(g.container.key)
+        return placement_of(g, *rest)
+
+    p._placement = counting  # type: ignore[method-assign]  # noqa: SLF001
+    d = p.allocate("x", POD, ctr("x", 2000))
+    assert d.placement is not None and d.placement.cpu_class == EXCLUSIVE
+    pool = p.pool_of("x")
+    members = [k for k in p.placements() if k.startswith("s") and p.pool_of(k) == pool]
+    assert len(members) >= 20 and set(d.updates) == set(members)
+    assert len({id(u) for u in d.updates.values()}) == 1  # one shared Placement object
+    assert len(built) <= 2  # that one, and the exclusive container's own
+    for key, upd in d.updates.items():
+        assert upd == placement_of(p._grants[key])  # noqa: SLF001
+        assert not upd.cpus & d.placement.cpus
+    built.clear()
+    d = p.release("x")
+    assert set(d.updates) == set(members) and len(built) <= 1
+    check(p)
+
+
+def test_no_debug_strings_without_debug(
+    server: Topology, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Request.describe` is for DEBUG lines: not built when DEBUG is off."""
+    described = []
+    describe = Request.describe
+    monkeypatch.setattr(Request, "describe", lambda r: described.append(r) or describe(r))
+    caplog.set_level(logging.INFO, logger="cri_resmgr.policy.topology_aware")
+    p = make(server)
+    p.allocate("s", POD, ctr("s", 500, BURSTABLE))
+    p.allocate("x", POD, ctr("x", 2000))
+    p.update("x", POD, ctr("x", 4000))
+    p.release("x")
+    assert described == []
+    caplog.set_level(logging.DEBUG, logger="cri_resmgr.policy.topology_aware")
+    p.allocate("y", POD, ctr("y", 2000))
+    assert described
