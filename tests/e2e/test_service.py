@@ -42,10 +42,12 @@ def test_sd_notify_ready_reloading_stopping(relay_factory, tmp_path: Path) -> No
         sock.close()
 
 
-def test_sigusr1_toggles_debug_logging(relay_factory) -> None:
-    relay = relay_factory()
+def test_sigusr1_toggles_debug_logging(relay_factory, tmp_path: Path) -> None:
+    """Debug on and off again, in the service and in the dump's writer process."""
+    relay = relay_factory("-dump=reset,full:.*", f"-dump-file={tmp_path / 'cri.dump'}")
     relay.signal(signal.SIGUSR1)
     _wait_for(lambda: "debug logging for all modules on" in relay.log_text())
+    _wait_for(lambda: "dump writer process: log level DEBUG" in relay.log_text())
     with grpc.insecure_channel("unix:" + relay.socket) as ch:
         co.call(ch, "Version")
     relay.signal(signal.SIGUSR1)
@@ -62,13 +64,15 @@ def test_sigusr2_writes_count_summary(relay_factory, tmp_path: Path) -> None:
     _wait_for(lambda: dump.exists() and "Version: 3 calls" in dump.read_text(), what="summary")
 
 
-def test_reload_reports_keys_that_need_a_restart(relay_factory) -> None:
-    relay = relay_factory(start=False)
+def test_reload_reports_keys_that_need_a_restart(relay_factory, tmp_path: Path) -> None:
+    relay = relay_factory(f"-dump-file={tmp_path / 'cri.dump'}", start=False)
     (relay.config_dir / "10.conf").write_text("[log]\nlevel = info\n")
     relay.start()
     (relay.config_dir / "10.conf").write_text("[log]\nlevel = debug\n[runtime]\nrunner = crio\n")
     relay.signal(signal.SIGHUP)
     _wait_for(lambda: "reload: 1 live changes applied, 1 need a restart" in relay.log_text())
+    # the new level reaches the dump's writer process too
+    _wait_for(lambda: "dump writer process: log level DEBUG" in relay.log_text())
     assert "[runtime] runner changed" in relay.log_text()
     with grpc.insecure_channel("unix:" + relay.socket) as ch:
         assert co.call(ch, "Version").runtime_name == "containerd"  # still the old runtime
