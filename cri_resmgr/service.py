@@ -211,18 +211,10 @@ class Service:
 
     def _check_policy(self, config: cfg.Config) -> Tuple[Any, Any]:
         """The policy class and reserved CPUs of `config`, checked against this machine
-        (`Policy.validate`); raises ConfigError naming file, line and key."""
+        (`policy.checked`); raises ConfigError naming file, line and key."""
         from cri_resmgr import policy  # noqa: PLC0415
-        from cri_resmgr.policy import reserve  # noqa: PLC0415
 
-        name = config.policy_name
-        setting = config.setting("policy", "reserved-cpus")
-        reserved = reserve.resolve_reserved(
-            self.topology, setting.value, file=setting.file or setting.source, line=setting.line
-        )
-        cls = policy.get(name)
-        cls.validate(self.topology, reserved, config.policy_options(name), config=config)
-        return cls, reserved
+        return policy.checked(self.topology, config)
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dumpproc  # noqa: PLC0415

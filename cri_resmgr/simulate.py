@@ -900,7 +900,6 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Optional[TextIO] = None) 
 
 def _setup(args: argparse.Namespace) -> Tuple[Any, Any, Hooks, InMemoryRuntime, Scenario, Any]:
     from cri_resmgr import policy as policies  # noqa: PLC0415
-    from cri_resmgr.policy.reserve import resolve_reserved  # noqa: PLC0415
     from cri_resmgr.resources import topology as topo  # noqa: PLC0415
     from cri_resmgr.state import State  # noqa: PLC0415
 
@@ -914,12 +913,9 @@ def _setup(args: argparse.Namespace) -> Tuple[Any, Any, Hooks, InMemoryRuntime, 
     config = cfg.load(args.config_dir, overrides)
     scenario = load_scenario(args.scenario)
     topology = topo.load(config.get("host", "sysfs-root"))
-    setting = config.setting("policy", "reserved-cpus")
-    reserved = resolve_reserved(
-        topology, setting.value, file=setting.file or setting.source, line=setting.line
-    )
+    cls, reserved = policies.checked(topology, config)  # as the service checks it
     name = config.policy_name
-    policy = policies.create(name, topology, reserved, config.policy_options(name))
+    policy = cls(topology, reserved, config.policy_options(name))
     tmp = tempfile.TemporaryDirectory(prefix="cri-resmgr-simulate-")
     state = State.load(tmp.name, name)
     runtime = InMemoryRuntime()

@@ -27,6 +27,7 @@ __all__ = [
     "Policy",
     "aliases",
     "canonical",
+    "checked",
     "create",
     "describe_all",
     "get",
@@ -87,6 +88,23 @@ def get(name: str) -> Type[Policy]:
 def create(name: str, topology: Topology, reserved: CPUSet, options: Mapping[str, Any]) -> Policy:
     """Instantiate policy ``name`` (options: the ``[policy.NAME]`` values)."""
     return get(name)(topology, reserved, options)
+
+
+def checked(topology: Topology, config: Any) -> Tuple[Type[Policy], CPUSet]:
+    """The class and reserved CPUs of the policy ``config`` (a `config.Config`) names,
+    checked against ``topology`` (`Policy.validate`): what the service does at start and
+    on reload, and ``simulate`` before a scenario. Raises ConfigError naming the file,
+    line and key of what does not fit."""
+    from cri_resmgr.policy.reserve import resolve_reserved  # noqa: PLC0415
+
+    name = config.policy_name
+    setting = config.setting("policy", "reserved-cpus")
+    reserved = resolve_reserved(
+        topology, setting.value, file=setting.file or setting.source, line=setting.line
+    )
+    cls = get(name)
+    cls.validate(topology, reserved, config.policy_options(name), config=config)
+    return cls, reserved
 
 
 def describe_all() -> str:

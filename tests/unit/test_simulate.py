@@ -387,3 +387,26 @@ def test_in_memory_runtime_merges_updates_like_containerd() -> None:
         api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id=pod))
     )
     assert [c.id for c in listed.containers] == [cid]
+
+
+def test_a_configuration_the_machine_cannot_hold_is_refused_as_the_service_would(
+    topology_root: Callable[[str], Path], tmp_path: Path, capsys: Any
+) -> None:
+    """simulate checks the configuration against the topology like the service
+    (`policy.checked`): a balloon type larger than the desktop is an error naming the
+    file, line and key, not a scenario run."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10-big.conf").write_text("[policy.balloons.type.big]\nmin-cpus = 999\n")
+    rc, out = run(
+        topology_root("desktop"),
+        SCENARIOS / "mixed-qos.yaml",
+        "--policy",
+        "balloons",
+        "--config-dir",
+        str(conf),
+    )
+    err = capsys.readouterr().err
+    assert rc != 0 and out == ""
+    assert f"{conf / '10-big.conf'}:2" in err
+    assert '[policy.balloons.type.big] min-cpus = "999"' in err
