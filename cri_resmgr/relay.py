@@ -1338,20 +1338,13 @@ def wait_for_runtime(
     starts waiting and one when the runtime answers. Raises RuntimeUnavailable when
     `timeout` (seconds) passes.
     """
-    from cri_resmgr.cri import api_pb2  # noqa: PLC0415 - only needed here
-
     path = sockets.socket_path(address)
     deadline = None if timeout is None else time.monotonic() + timeout
     delay, waiting = 0.1, False
-    with grpc.insecure_channel("unix:" + path, options=GRPC_OPTIONS) as channel:
-        version = channel.unary_unary(
-            "/runtime.v1.RuntimeService/Version",
-            request_serializer=api_pb2.VersionRequest.SerializeToString,
-            response_deserializer=api_pb2.VersionResponse.FromString,
-        )
+    with cri_client.CriClient("unix:" + path, options=GRPC_OPTIONS) as client:
         while True:
             try:
-                reply = version(api_pb2.VersionRequest(), timeout=2.0)
+                reply = client.version(timeout=2.0)
                 if waiting:
                     log.info(
                         "runtime at %s answers: %s %s",
