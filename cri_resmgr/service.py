@@ -62,14 +62,32 @@ def sd_notify(state: str) -> bool:
 
 
 class InstanceLock:
-    """An exclusive `flock` on `<relay socket>.lock`, holding our pid for operators."""
+    """An exclusive `flock` on a lock file that holds our pid for operators.
 
-    def __init__(self, socket_path: str) -> None:
-        self.path = socket_path + ".lock"
+    Two guard a service: `<relay socket>.lock` (one instance per socket) and, with a
+    policy, `<state-dir>/lock` (one instance per state: two would overwrite each
+    other's state and re-place each other's containers)."""
+
+    def __init__(self, path: str, what: str, dir_mode: int = 0o755) -> None:
+        self.path = path
+        self.what = what  # "serves SOCKET", "uses the state directory DIR"
+        self.dir_mode = dir_mode  # of the lock's directory when it is created
         self.fd: Optional[int] = None
 
+    @classmethod
+    def for_socket(cls, socket_path: str) -> InstanceLock:
+        return cls(socket_path + ".lock", f"serves {socket_path}")
+
+    @classmethod
+    def for_state(cls, state_dir: str) -> InstanceLock:
+        from cri_resmgr.state import DIR_MODE  # noqa: PLC0415
+
+        return cls(
+            os.path.join(state_dir, "lock"), f"uses the state directory {state_dir}", DIR_MODE
+        )
+
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path) or ".", mode=self.dir_mode, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,8 +96,8 @@ class InstanceLock:
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise ServiceError(
-                    f"another cri-resmgr (pid {holder}) already serves "
-                    f"{self.path[: -len('.lock')]}; lock {self.path} is held"
+                    f"another cri-resmgr (pid {holder}) already {self.what}; "
+                    f"lock {self.path} is held"
                 ) from None
             raise ServiceError(f"cannot lock {self.path}: {exc.strerror}") from None
         os.ftruncate(fd, 0)
@@ -111,7 +129,8 @@ class Service:
         self.policy: Any = None
         self.topology: Any = None
         self.stopping: Optional[asyncio.Event] = None
-        self.lock = InstanceLock(config.get("relay", "socket"))
+        self.lock = InstanceLock.for_socket(config.get("relay", "socket"))
+        self.state_lock: Optional[InstanceLock] = None  # with a policy: see _load_policy
         self._cancel_wait = threading.Event()
         self._reload_lock: Optional[asyncio.Lock] = None  # made on the loop (python 3.9)
         self._tasks: Set[asyncio.Task] = set()
@@ -151,6 +170,8 @@ class Service:
             return 0
         finally:
             await self._stop_endpoints()
+            if self.state_lock is not None:
+                self.state_lock.release()
             self.lock.release()
 
     async def _start(self) -> bool:
@@ -158,11 +179,14 @@ class Service:
         loop = asyncio.get_running_loop()
         runtime = self.config.get("runtime", "runtime-socket")
         await self._start_endpoints()  # status answers "starting" while we wait
+        # A configuration this machine cannot hold is an error now, not after a wait
+        # for a runtime that may never come.
+        await loop.run_in_executor(None, self._load_policy)
         try:
             await loop.run_in_executor(None, self._wait_runtime, runtime)
         except _Cancelled:
             return False
-        await loop.run_in_executor(None, self._build_policy)
+        await loop.run_in_executor(None, self._build_hooks)
         if self.stopping is not None and self.stopping.is_set():
             return False  # stopped during restore/resync: never open the socket
         self.dump = self._build_dump()
@@ -184,19 +208,29 @@ class Service:
 
         self.runtime_version = relay.wait_for_runtime(address, sleep=sleep)
 
-    def _build_policy(self) -> None:
-        """Topology, state, policy and hooks; restore and resync before serving."""
+    def _load_policy(self) -> None:
+        """Topology and policy, checked against this machine; the state directory's
+        lock. Nothing here needs the runtime."""
         name = self.config.policy_name
         if name == "none":
             return
-        from cri_resmgr import hooks, state  # noqa: PLC0415 - only with a policy
-        from cri_resmgr.cri.client import CriClient  # noqa: PLC0415
-        from cri_resmgr.resources import topology  # noqa: PLC0415
+        from cri_resmgr.resources import topology  # noqa: PLC0415 - only with a policy
 
         self.topology = topology.load(self.config.get("host", "sysfs-root"))
         log.info("topology: %s", self.topology.summary())
         cls, reserved = self._check_policy(self.config)
+        self.state_lock = InstanceLock.for_state(self.config.get("relay", "state-dir"))
+        self.state_lock.acquire()
         self.policy = cls(self.topology, reserved, self.config.policy_options(name))
+
+    def _build_hooks(self) -> None:
+        """State and hooks; restore and resync before serving (the runtime answers)."""
+        if self.policy is None:
+            return
+        from cri_resmgr import hooks, state  # noqa: PLC0415 - only with a policy
+        from cri_resmgr.cri.client import CriClient  # noqa: PLC0415
+
+        name = self.config.policy_name
         store = state.State.load(
             self.config.get("relay", "state-dir"),
             name,

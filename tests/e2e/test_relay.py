@@ -8,6 +8,7 @@ wrong: deadlines, unknown methods, event streams, and a runtime that restarts.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -305,6 +306,26 @@ def test_second_instance_refuses(relay_factory) -> None:
     assert out.returncode != 0
     assert "already serves" in out.stderr
     assert first.running
+
+
+def test_second_instance_on_the_same_state_refuses(relay_factory, tmp_path) -> None:
+    """Another socket but the same state directory: two policies would overwrite each
+    other's state and re-place each other's containers."""
+    import subprocess  # noqa: PLC0415
+
+    first = relay_factory("-policy=static", "-reserved-cpus=0")
+    second = relay_factory(
+        "-policy=static", "-reserved-cpus=0", f"-relay-dir={first.state_dir}", start=False
+    )
+    out = subprocess.run(
+        second.command(), capture_output=True, text=True, timeout=30, env=second.env, check=False
+    )
+    assert out.returncode != 0
+    assert f"uses the state directory {first.state_dir}" in out.stderr
+    assert not os.path.exists(second.socket)
+    assert first.running
+    with grpc.insecure_channel("unix:" + first.socket) as ch:
+        assert co.call(ch, "Version").runtime_name == "containerd"
 
 
 def test_many_hooked_calls_keep_one_connection(relay_factory) -> None:

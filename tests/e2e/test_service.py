@@ -146,3 +146,21 @@ def test_second_daemon_is_refused_with_the_pid_file_named(relay_factory, tmp_pat
     assert out.returncode == 1
     assert str(pid_file) in out.stderr and "[daemon] pid-file" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_configuration_the_machine_cannot_hold_fails_before_waiting_for_the_runtime(
+    relay_factory, tmp_path: Path
+) -> None:
+    """No runtime yet (systemd starts us before containerd answers) and a reserved CPU
+    this machine does not have: the error comes at once, naming the file and line, not
+    after an endless wait for the runtime."""
+    relay = relay_factory(runtime_socket=str(tmp_path / "no-runtime.sock"), start=False)
+    conf = relay.config_dir / "10.conf"
+    conf.write_text("[policy]\nname = static\nreserved-cpus = cpuset:4095\n")
+    out = subprocess.run(
+        relay.command(), env=relay.env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"{conf}:3" in out.stderr and "4095" in out.stderr
+    assert "waiting for the runtime" not in out.stderr
+    assert not os.path.exists(relay.socket)
