@@ -94,6 +94,9 @@ fi
 # On a tree, the configuration directory in it (on the host: the service's own).
 confdir_flag=
 $host || confdir_flag=-config-dir=$ROOT/etc/cri-resmgr
+# On a tree, this machine is not the one the configuration is for.
+machine_flag=
+$host || machine_flag=-files-only
 if [ "$format" = deb ]; then
     envfile=/etc/default/$PKG
 else
@@ -246,7 +249,7 @@ check_config() {
     flags=$(service_flags)
     set -f
     # shellcheck disable=SC2086 # split like systemd does
-    cri_resmgr config check $flags $confdir_flag
+    cri_resmgr config check $flags $confdir_flag $machine_flag
     set +f
 }
 
@@ -351,7 +354,7 @@ if have_cri_resmgr; then
     set -f
     # shellcheck disable=SC2086 # split like systemd does
     cri_resmgr config check -runner="$RUNNER" -policy="$CRI_RESMGR_POLICY" \
-        $CRI_RESMGR_POLICY_OPTIONS $CRI_RESMGR_DEBUG_OPTIONS $confdir_flag >/dev/null ||
+        $CRI_RESMGR_POLICY_OPTIONS $CRI_RESMGR_DEBUG_OPTIONS $confdir_flag $machine_flag >/dev/null ||
         die "the settings above are not valid; nothing was written"
     set +f
 else

@@ -16,6 +16,7 @@ Sub-commands: `config check`, `simulate`, `kubelet`, `status` (each has `--help`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -52,18 +53,9 @@ def normalize_argv(argv: Sequence[str]) -> List[str]:
     return out
 
 
-def _service_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=(
-            "CRI relay between kubelet and the container runtime that places containers "
-            "on CPUs and memory nodes according to a resource policy. Flags override "
-            "the configuration files; both single-dash (Go-style) and double-dash "
-            "spellings work. Sub-commands: config check, simulate, kubelet, status "
-            f"({PROG} SUBCOMMAND --help)."
-        ),
-        allow_abbrev=False,
-    )
+def _config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """A parser with ``--config-dir`` and every configuration flag (`config.FLAGS`)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument(
         "--config-dir",
         metavar="DIR",
@@ -72,6 +64,18 @@ def _service_parser() -> argparse.ArgumentParser:
         help="read DIR/*.conf in lexical order (default %(default)s)",
     )
     cfg.add_config_flags(parser)
+    return parser
+
+
+def _service_parser() -> argparse.ArgumentParser:
+    parser = _config_parser(
+        PROG,
+        "CRI relay between kubelet and the container runtime that places containers "
+        "on CPUs and memory nodes according to a resource policy. Flags override "
+        "the configuration files; both single-dash (Go-style) and double-dash "
+        "spellings work. Sub-commands: config check, simulate, kubelet, status "
+        f"({PROG} SUBCOMMAND --help).",
+    )
     parser.add_argument(
         "--list-policies", action="store_true", help="list the policies and their manuals"
     )
@@ -97,25 +101,70 @@ def load_config(argv: Sequence[str]) -> Tuple[cfg.Config, argparse.Namespace, Di
 
 
 def _print_problems(exc: ConfigError) -> None:
-    print(f"{PROG}: invalid configuration ({len(exc.problems)} problems):", file=sys.stderr)
+    n = len(exc.problems)
+    print(f"{PROG}: invalid configuration ({n} problem{'s' if n != 1 else ''}):", file=sys.stderr)
     for problem in exc.problems:
         print(f"  {problem}", file=sys.stderr)
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = _config_parser(
+        f"{PROG} config check",
+        "Check the configuration the service would run with (the files in the "
+        "configuration directory and these flags): every problem is reported with its "
+        "file, line, key and value. Then, unless --files-only, check it against this "
+        "machine as the service does at start (reserved CPUs that exist, balloon types "
+        "that fit, a CPU left for shared containers). Exit 0 when valid, 1 when not.",
+    )
+    parser.add_argument(
+        "--files-only",
+        action="store_true",
+        help="do not check against this machine (for a configuration made for another)",
+    )
+    return parser
 
 
 def cmd_config(argv: Sequence[str]) -> int:
     """`cri-resmgr config check [flags]`: report every configuration problem."""
     argv = list(argv)
     if not argv or argv[0] != "check":
-        print(f"usage: {PROG} config check [-config-dir DIR] [flags]", file=sys.stderr)
+        what = f"unknown sub-command {argv[0]!r}" if argv else "missing sub-command"
+        print(
+            f"{PROG} config: {what}; usage: {PROG} config check [-config-dir DIR] "
+            "[-files-only] [flags]",
+            file=sys.stderr,
+        )
         return 2
+    args = _check_parser().parse_args(normalize_argv(argv[1:]))
     try:
-        config, _, _ = load_config(argv[1:])
+        config = cfg.load(args.config_dir, cfg.flag_overrides(args))
+        machine = "" if args.files_only else _check_machine(config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    except Error as exc:  # sysfs unreadable: the service could not start either
+        print(f"{PROG} config check: {exc}", file=sys.stderr)
+        return 1
     files = ", ".join(config.files) or "no files (defaults and flags only)"
-    print(f"configuration OK: {files}")
+    print(f"configuration OK: {files}{machine}")
     return 0
+
+
+def _check_machine(config: cfg.Config) -> str:
+    """Check ``config``'s policy against this machine (`policy.checked`, as the
+    service does at start); what was checked, for the OK line."""
+    if config.policy_name == "none":
+        return ""
+    from cri_resmgr import policy  # noqa: PLC0415 - only with a policy
+    from cri_resmgr.resources import topology as topo  # noqa: PLC0415
+
+    sysfs = config.get("host", "sysfs-root")
+    topology = topo.load(sysfs)
+    _cls, reserved = policy.checked(topology, config)
+    return (
+        f"; policy {config.policy_name} fits this machine ({sysfs}: "
+        f"{len(topology.online)} online CPUs, reserved {reserved or 'none'})"
+    )
 
 
 def cmd_simulate(argv: Sequence[str]) -> int:
@@ -177,7 +226,17 @@ SUBCOMMANDS: Dict[str, Callable[[Sequence[str]], int]] = {
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `cri-resmgr` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except BrokenPipeError:
+        # `cri-resmgr -list-policies | head`: the reader is gone, which is no error of
+        # ours; stdout is pointed at /dev/null so that the exit flush does not fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # as a shell reports a process killed by SIGPIPE
+
+
+def _main(argv: List[str]) -> int:
     if argv and argv[0] in SUBCOMMANDS:
         return SUBCOMMANDS[argv[0]](argv[1:])
     try:

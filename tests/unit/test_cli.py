@@ -93,10 +93,69 @@ def test_config_check_reports_every_problem(tmp_path: Path, capsys) -> None:
     assert f"{tmp_path}/10.conf:4: [x]" in err
 
 
-def test_config_check_ok(tmp_path: Path, capsys) -> None:
+def test_config_check_ok(tmp_path: Path, topology_root, capsys) -> None:
     (tmp_path / "10.conf").write_text("[policy]\nname = static\n")
-    assert cli.main(["config", "check", "-config-dir", str(tmp_path)]) == 0
-    assert "configuration OK" in capsys.readouterr().out
+    root = topology_root("desktop")
+    assert cli.main(["config", "check", "-config-dir", str(tmp_path), f"-sysfs-root={root}"]) == 0
+    out = capsys.readouterr().out
+    assert "configuration OK" in out and f"policy static fits this machine ({root}: 20" in out
+
+
+def test_config_check_one_problem(tmp_path: Path, capsys) -> None:
+    (tmp_path / "10.conf").write_text("[policy]\nname = statik\n")
+    assert cli.main(["config", "check", "-config-dir", str(tmp_path)]) == 1
+    assert "invalid configuration (1 problem):" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "conf, problem",
+    [
+        (
+            "[policy]\nname = static\nreserved-cpus = cpuset:40\n",
+            '10.conf:3: [policy] reserved-cpus = "cpuset:40": CPUs 40 do not exist',
+        ),
+        (
+            "[policy]\nname = balloons\n[policy.balloons.type.big]\nmin-cpus = 21\n",
+            '10.conf:4: [policy.balloons.type.big] min-cpus = "21": a balloon of this type',
+        ),
+        (
+            "[policy]\nname = static\nreserved-cpus = 20\n"
+            "[policy.static]\nstrict-reservation = true\n",
+            "no CPU is left",
+        ),
+    ],
+)
+def test_config_check_checks_the_machine_as_the_service_does(
+    tmp_path: Path, topology_root, capsys, conf: str, problem: str
+) -> None:
+    """What the service would refuse at start on this machine (the 20-CPU desktop)
+    fails the check; --files-only skips that part (a configuration for another one)."""
+    (tmp_path / "10.conf").write_text(conf)
+    args = ["config", "check", "-config-dir", str(tmp_path)]
+    args.append(f"-sysfs-root={topology_root('desktop')}")
+    assert cli.main(args) == 1
+    assert problem in capsys.readouterr().err
+    assert cli.main([*args, "-files-only"]) == 0
+    assert "fits this machine" not in capsys.readouterr().out
+
+
+def test_config_check_with_an_unreadable_machine(tmp_path: Path, capsys) -> None:
+    (tmp_path / "10.conf").write_text("[policy]\nname = static\n")
+    bad = tmp_path / "nosys"
+    assert cli.main(["config", "check", "-config-dir", str(tmp_path), f"-sysfs-root={bad}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cri-resmgr config check: ") and str(bad) in err
+
+
+def test_config_usage(tmp_path: Path, capsys) -> None:
+    assert cli.main(["config"]) == 2
+    assert "missing sub-command; usage: cri-resmgr config check" in capsys.readouterr().err
+    assert cli.main(["config", "chek"]) == 2
+    assert "unknown sub-command 'chek'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["config", "check", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: cri-resmgr config check") and "--files-only" in out
 
 
 def test_bad_flag_value_refuses_to_start(tmp_path: Path, capsys) -> None:
@@ -203,3 +262,36 @@ def test_kubelet_invalid_configuration_warns_and_uses_the_default(tmp_path: Path
     assert "warning: cannot take the relay socket from the configuration in" in captured.err
     assert f"config check -config-dir {conf}" in captured.err
     assert cli.main(["kubelet", "status", "--root", str(tmp_path)]) == 3
+
+
+def test_the_man_page_names_every_command() -> None:
+    """debian/cri-resmgr.8 (installed by both packages) keeps up with the commands."""
+    man = (Path(__file__).resolve().parents[2] / "debian" / "cri-resmgr.8").read_text()
+    for name in cli.SUBCOMMANDS:
+        assert f".B cri-resmgr {name}" in man, name
+    for action in ("enable", "disable", "status", "endpoint"):
+        assert action in man.split(".B kubelet ", 1)[1].split("\n", 1)[0], action
+    assert "files\\-only" in man
+
+
+def test_a_closed_pipe_is_no_traceback() -> None:
+    """`cri-resmgr -list-policies | head -1`: the reader leaves early."""
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "cri_resmgr.cli", "-list-policies"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert out.returncode == 141
+    assert out.stderr == ""
