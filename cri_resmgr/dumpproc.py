@@ -45,7 +45,7 @@ import threading
 import time
 from typing import IO, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from cri_resmgr import dump, relay
+from cri_resmgr import dump, logs, relay
 from cri_resmgr.config import DumpRule
 
 log = logging.getLogger(__name__)
@@ -494,6 +494,16 @@ class _Child:
         self.entries: Dict[Tuple[str, str], dump._Method] = {}
         self.out = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)  # writes all
         self.reported = 0.0
+        self.sent: Dict[str, int] = {}  # the counters last reported
+        self._send_lock = threading.Lock()  # the main loop and the reporter send
+        self._report_lock = threading.Lock()  # counters read and sent in order
+        # Counters change after the message that caused them (the writer thread writes
+        # later): the reporter sends them when no message comes to carry them.
+        self._stopped = threading.Event()
+        self._reporter_thread = threading.Thread(
+            target=self._reporter, name="cri-dump-report", daemon=True
+        )
+        self._reporter_thread.start()
 
     def entry(self, path: str, level: str) -> dump._Method:
         key = (path, level)
@@ -505,7 +515,8 @@ class _Child:
     def send(self, message: Tuple[Any, ...]) -> None:
         """A message to the service; raises _ServiceGone when its pipe is broken."""
         try:
-            _send(self.out, message)
+            with self._send_lock:
+                _send(self.out, message)
         except OSError as exc:
             null = os.open(os.devnull, os.O_WRONLY)  # what stays buffered goes nowhere,
             os.dup2(null, self.out.fileno())  # quietly, when the stream is closed
@@ -513,11 +524,30 @@ class _Child:
             raise _ServiceGone(f"the service went away ({exc.strerror or exc})") from None
 
     def report(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.reported >= _REPORT:
-            self.reported = now
-            stats = self.dump.stats()
-            self.send(("stats", {k: stats[k] for k in _COUNTERS}))
+        """Send the counters: when ``force``, else at most every `_REPORT` seconds and
+        only when they changed."""
+        with self._report_lock:
+            now = time.monotonic()
+            if force or now - self.reported >= _REPORT:
+                self.reported = now
+                stats = self.dump.stats()
+                counters = {k: stats[k] for k in _COUNTERS}
+                if force or counters != self.sent:
+                    self.sent = counters
+                    self.send(("stats", counters))
+
+    def _reporter(self) -> None:
+        """Every `_REPORT` seconds, the counters that changed, until `close()`."""
+        while not self._stopped.wait(_REPORT):
+            try:
+                self.report()
+            except _ServiceGone:
+                return
+
+    def close(self) -> None:
+        """Stop the reporter (before the process exits: it writes to stdout)."""
+        self._stopped.set()
+        self._reporter_thread.join()
 
     def handle(self, message: Tuple[Any, ...]) -> bool:
         """One message from the parent; False at the end."""
@@ -576,9 +606,7 @@ def main() -> int:
         kind, rules, path, level = _next(stdin)
     except _ServiceGone:
         return 0
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.Logging()  # the service's format: timestamps unless stderr is the journal
     logging.getLogger("cri_resmgr").setLevel(level or logging.INFO)
     child = _Child(rules, path)
     try:
@@ -587,6 +615,8 @@ def main() -> int:
     except _ServiceGone as exc:
         log.warning("dump writer process: %s; writing what it sent, then exiting", exc)
         child.dump.stop(summary=False)
+    finally:
+        child.close()
     return 0
 
 

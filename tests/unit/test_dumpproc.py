@@ -91,6 +91,24 @@ def test_records_are_formatted_and_written_by_the_child(started, dump_file: Path
     assert child(started).pid != os.getpid()
 
 
+def test_written_counts_arrive_without_a_flush_or_more_calls(started, dump_file: Path) -> None:
+    """`cri-resmgr status` and the metrics read `stats()`: what the child has written
+    reaches them although no later message carries the report."""
+    for i in range(4):
+        started.observe(_create(f"app{i}"))
+    deadline = time.monotonic() + 20
+    while started.stats()["written"] < 4:
+        assert time.monotonic() < deadline, started.stats()
+        time.sleep(0.05)
+    heads = [line for line in dump_file.read_text().splitlines() if line[:1].isdigit()]
+    assert len(heads) == 8 and started.stats() == {
+        "queued": 0,
+        "written": 4,
+        "dropped": 0,
+        "failed": 0,
+    }
+
+
 def test_counts_stay_in_the_service_and_reach_the_summary(started, dump_file: Path) -> None:
     for code in (0, 0, 5):
         started.observe(_version(code))
@@ -371,6 +389,8 @@ def test_log_level_changes_reach_the_child(
         d.stop()
     err = capfd.readouterr().err
     assert "dump writer process: log level DEBUG" in err
+    # the service's format: a timestamp first, as stderr is no journal here
+    assert re.search(r"^\d{4}-\d\d-\d\d \S+ DEBUG cri_resmgr\.dumpproc: dump writer", err, re.M)
     assert "log level INFO" not in err  # a debug line: not written at info
 
 
