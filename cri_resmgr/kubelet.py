@@ -97,6 +97,10 @@ class KubeletConfigError(Error):
     file (and line) at fault and what to do."""
 
 
+class KubeletUsageError(KubeletConfigError):
+    """An option of ``cri-resmgr kubelet`` has a value it cannot take (exit status 2)."""
+
+
 def _os_error(exc: OSError, verb: str, shown: str) -> KubeletConfigError:
     """A KubeletConfigError for a failed file operation: which path, the OS error, and
     what to do about it."""
@@ -105,6 +109,8 @@ def _os_error(exc: OSError, verb: str, shown: str) -> KubeletConfigError:
             "it changed while the command ran (kubeadm, or another `cri-resmgr kubelet`?); "
             "run the command again"
         )
+    elif exc.errno == errno.ENOTDIR:
+        hint = "a file stands where a directory belongs on that path; move it away"
     else:
         hint = "run as root, or use --root for a directory tree"
     return KubeletConfigError(f"cannot {verb} {shown}: {exc.strerror or exc}; {hint}")
@@ -839,16 +845,16 @@ class KubeletWiring:
         backup_dir: str = DEFAULT_BACKUP_DIR,
     ) -> None:
         if not os.path.isdir(root):
-            raise KubeletConfigError(
+            raise KubeletUsageError(
                 f"--root {root!r}: not a directory; give the directory that is / for kubelet"
             )
         if not _ENDPOINT_RE.fullmatch(endpoint):
-            raise KubeletConfigError(
+            raise KubeletUsageError(
                 f"--endpoint {endpoint!r}: expected a CRI endpoint such as {RELAY_ENDPOINT} "
                 "(scheme://address, without blanks, quotes, '#', ',' or brackets)"
             )
         if not backup_dir.startswith("/"):
-            raise KubeletConfigError(
+            raise KubeletUsageError(
                 f"--backup-dir {backup_dir!r}: must be an absolute path (it is joined onto --root)"
             )
         self.root = root
@@ -872,7 +878,9 @@ class KubeletWiring:
                 data = json.load(f)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:  # not the manifest's fault: permissions, a file for a dir
+            raise _os_error(exc, "read", posixpath.join(self.backup_dir, MANIFEST_NAME)) from exc
+        except ValueError as exc:
             raise KubeletConfigError(
                 f"{posixpath.join(self.backup_dir, MANIFEST_NAME)}: unreadable ({exc}); "
                 "restore the files listed in docs/kubelet.md by hand"
@@ -1482,6 +1490,8 @@ def main(
             rep = wiring.disable(dry_run=args.dry_run, force=args.force)
         else:
             rep = wiring.status()
+    except KubeletUsageError as exc:
+        parser.error(str(exc))  # exits 2
     except Error as exc:
         print(f"cri-resmgr kubelet: error: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import pytest
 
@@ -755,10 +755,32 @@ def test_main_status_enable_disable(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_main_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert kubelet.main(["enable", "--root", str(tmp_path)]) == 1
     assert "cri-resmgr kubelet: error:" in capsys.readouterr().err
-    assert kubelet.main(["status", "--root", str(tmp_path / "nope")]) == 1
     with pytest.raises(SystemExit) as exc:
         kubelet.main(["enable", "--force", "--root", str(tmp_path)])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--root", "nope"], "--root 'nope': not a directory"),
+        (["--endpoint", "foo"], "--endpoint 'foo': expected a CRI endpoint"),
+        (["--backup-dir", "rel"], "--backup-dir 'rel': must be an absolute path"),
+    ],
+)
+def test_bad_option_values_are_usage_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: List[str], message: str
+) -> None:
+    """Exit 2, as documented for usage errors (and never 3: removal goes on only then)."""
+    args = ["--root", str(tmp_path), *flags] if flags[0] != "--root" else flags
+    with pytest.raises(SystemExit) as exc:
+        kubelet.main(["status", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("usage: cri-resmgr kubelet")
+        and f"cri-resmgr kubelet: error: {message}" in err
+    )
 
 
 def test_custom_endpoint(tmp_path: Path) -> None:
@@ -828,6 +850,21 @@ def test_status_with_damaged_manifest_not_pointing(tmp_path: Path) -> None:
     st = KubeletWiring(root=str(tmp_path)).status()
     assert not st.points_at_relay and st.warnings
     assert kubelet.main(["status", "--root", str(tmp_path)]) == 3
+
+
+def test_a_file_in_place_of_the_backup_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing was enabled: the message says what is in the way, not "restore by hand"."""
+    kubeadm_tree(tmp_path)
+    backup = tmp_path / DEFAULT_BACKUP_DIR.lstrip("/")
+    backup.parent.mkdir(parents=True)
+    backup.write_text("")
+    assert kubelet.main(["enable", "--root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {DEFAULT_BACKUP_DIR}/manifest.json: Not a directory" in err
+    assert "move it away" in err and "by hand" not in err and "Errno" not in err
+    assert read(tmp_path, FLAGS_ENV) == KUBEADM_FLAGS
 
 
 # --- the relay endpoint: --endpoint, else what the caller resolves -------------------------
