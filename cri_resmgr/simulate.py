@@ -776,7 +776,8 @@ class Simulation:
         doc: Dict[str, Any] = {
             "containers": containers,
             "policy": self.hooks.name,
-            "reserved_cpus": str(policy.reserved),
+            # the none policy reserves nothing, whatever [policy] reserved-cpus says
+            "reserved_cpus": str(policy.reserved) if self.hooks.name != "none" else "",
             "pools": {k: str(v) for k, v in policy.pools().items()},
         }
         if self.error:
@@ -813,7 +814,13 @@ def render_table(doc: Mapping[str, Any], topology: Any) -> str:
             lines.append(f"  {cls:<10} {here:<16} {', '.join(names)}")
         if reserved & cpus:
             lines.append(f"  {'reserved':<10} {str(reserved & cpus):<16} (system and kube tasks)")
-        idle = cpus - used
+        idle = cpus - used - reserved
+        if doc.get("policy") == "balloons":  # a balloon's CPUs are its own, even when empty
+            for name, text in sorted(doc.get("pools", {}).items()):
+                empty = CPUSet.parse(text) & idle
+                if empty and name != "reserved":
+                    lines.append(f"  {'balloon':<10} {str(empty):<16} {name} (no container)")
+                    idle = idle - empty
         isolated = idle & topology.isolated
         if isolated:
             lines.append(f"  {'isolated':<10} {str(isolated):<16} (isolcpus, no container)")

@@ -174,6 +174,39 @@ def test_table(topology_root: Callable[[str], Path]) -> None:
     assert "reserved" in out
 
 
+def _table_rows(out: str) -> Dict[str, str]:
+    """Label -> CPUs of the desktop's one node in a --table output."""
+    rows = [line.split() for line in out.splitlines()[1:]]
+    return {r[0] if r[0] != "balloon" else r[2]: r[1] for r in rows}
+
+
+def test_table_rows_do_not_overlap(topology_root: Callable[[str], Path], tmp_path: Path) -> None:
+    """Reserved CPUs are not also idle; an empty balloon's CPUs are its own, not idle;
+    the none policy reserves nothing."""
+    root = topology_root("desktop")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10.conf").write_text(
+        "[policy.static]\nstrict-reservation = true\n"
+        "[policy.balloons.type.db]\nnamespaces = db\nmin-balloons = 2\nmin-cpus = 2\n"
+    )
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("events:\n  - run-pod: {name: web}\n")
+    common = ("--reserved-cpus", "2", "--config-dir", str(conf), "--table")
+    rc, out = run(root, empty, "--policy", "static", *common)
+    assert rc == 0 and _table_rows(out) == {"reserved": "0,10", "idle": "1-9,11-19"}, out
+    rc, out = run(root, empty, "--policy", "balloons", *common)
+    assert rc == 0, out
+    assert _table_rows(out) == {
+        "reserved": "0,10",
+        "db[0]": "1,11",
+        "db[1]": "2,12",
+        "idle": "3-9,13-19",
+    }, out
+    rc, out = run(root, SCENARIOS / "mixed-qos.yaml", "--policy", "none", *common)
+    assert rc == 0 and _table_rows(out) == {"unplaced": "0-19"}, out
+
+
 def test_cli_sub_command_go_style_flags(topology_root: Callable[[str], Path], capsys: Any) -> None:
     root = topology_root("desktop")
     rc = cli.main(
