@@ -52,7 +52,7 @@ from typing import (
 )
 
 from cri_resmgr.errors import ConfigError, Problem
-from cri_resmgr.resources.cpuset import CPUSet
+from cri_resmgr.resources.cpuset import MAX_CPU_ID, CPUSet
 
 __all__ = [
     "BALLOON_TYPE_SECTION",
@@ -360,38 +360,66 @@ class CPUReservation:
 
 
 class ReservedCPUs(ValueType):
-    """``0,1``/``0-1``/``cpuset:2`` (exact CPUs) or ``2``/``1.5``/``1500m`` (amount)."""
+    """``0,1``/``0-1``/``cpuset:2`` (exact CPUs) or ``2``/``1.5``/``1500m`` (amount).
 
-    MAX_MILLI = 65536 * 1000
+    A lone number is an amount, except a lone zero (``0``, ``00``): zero CPUs would
+    be no reservation, so it can only mean CPU 0, as in kubelet's ``--reserved-cpus``.
+    Numbers are bounded by what a machine can have (`MAX_CPU_ID`), whatever their
+    number of digits, and said so in the same words for amounts and CPU lists.
+    """
+
+    MAX_MILLI = (MAX_CPU_ID + 1) * 1000
+    _TOO_MANY = f"more CPUs than any machine has (at most {MAX_CPU_ID + 1})"
+    _NO_CPU = "reserves no CPU: an amount of 0 (CPU 0 is written 0 or cpuset:0)"
 
     def parse(self, raw: str) -> CPUReservation:
         text = _one_line(raw)
         if text == "":
             raise BadValue("a value is required")
         if text.startswith("cpuset:"):
-            return self._cpus(text[len("cpuset:") :], text)
-        if text == "0":  # zero CPUs is no reservation: a lone 0 can only mean CPU 0
-            return self._cpus(text, text)
-        amount = re.fullmatch(r"([0-9]{1,9})(?:\.([0-9]{1,3}))?|([0-9]{1,12})m", text)
-        if amount:
-            if amount.group(3) is not None:
-                milli = int(amount.group(3))
-            else:
-                milli = int(amount.group(1)) * 1000 + int((amount.group(2) or "").ljust(3, "0"))
-            if milli == 0:
-                raise BadValue("reserves no CPU")
-            if milli > self.MAX_MILLI:
-                raise BadValue("more CPUs than any machine has")
-            return CPUReservation(milli_cpus=milli)
+            return self._cpus(text[len("cpuset:") :])
+        whole = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))?", text)
+        if whole and whole.group(2) is None and _bounded_int(whole.group(1)) == 0:
+            return self._cpus(text)  # a lone zero can only mean CPU 0
+        if whole:
+            fraction = (whole.group(2) or "").rstrip("0")
+            if len(fraction) > 3:
+                raise BadValue("finer than a milli-CPU (at most 3 decimals)")
+            return self._amount(whole.group(1), 1000, int(fraction.ljust(3, "0")))
+        milli = re.fullmatch(r"([0-9]+)m", text)
+        if milli:
+            return self._amount(milli.group(1), 1, 0)
+        if re.fullmatch(r"[0-9]*\.[0-9]*m", text):
+            raise BadValue("milli-CPUs (m) are a whole number")
         if re.fullmatch(r"[0-9,\-\s]+", text):
-            return self._cpus(text, text)
+            return self._cpus(text)
         raise BadValue("neither a CPU list nor an amount of CPUs")
 
+    def _amount(self, digits: str, scale: int, extra: int) -> CPUReservation:
+        number = _bounded_int(digits)
+        if number is None or number * scale + extra > self.MAX_MILLI:
+            raise BadValue(self._TOO_MANY)
+        milli = number * scale + extra
+        if milli == 0:
+            raise BadValue(self._NO_CPU)
+        return CPUReservation(milli_cpus=milli)
+
     @staticmethod
-    def _cpus(listing: str, text: str) -> CPUReservation:
+    def _cpus(listing: str) -> CPUReservation:
         listing = re.sub(r"\s*([,-])\s*", r"\1", listing.strip())
         if not re.fullmatch(r"[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*", listing):
             raise BadValue("not a CPU list")
+        for digits in re.findall(r"[0-9]+", listing):
+            number = _bounded_int(digits)
+            if number is None or number > MAX_CPU_ID:
+                shown = digits.lstrip("0")
+                if len(shown) > 12:
+                    shown = shown[:6] + "..." + shown[-6:]
+                raise BadValue(
+                    f"CPU {shown} is more than any machine has (CPU ids are 0 to {MAX_CPU_ID})"
+                )
+        # ids without leading zeros: CPUSet.parse bounds their digits
+        listing = re.sub(r"[0-9]+", lambda m: str(int(m.group(0))), listing)
         try:
             cpus = CPUSet.parse(listing)
         except ValueError as exc:
@@ -403,6 +431,15 @@ class ReservedCPUs(ValueType):
             "a CPU list such as 0,1 or 0-1 (a lone 0 is CPU 0; cpuset:N for another single "
             "CPU N), or an amount of CPUs such as 2, 1.5 or 1500m (milli-CPUs), more than 0"
         )
+
+
+def _bounded_int(digits: str, max_digits: int = 12) -> Optional[int]:
+    """int() of decimal digits; None when there are more than `max_digits` significant
+    ones (never a bignum, nor Python's int-from-string digit limit)."""
+    significant = digits.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant or "0")
 
 
 class DumpRule(NamedTuple):

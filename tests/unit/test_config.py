@@ -592,6 +592,11 @@ def test_cross_check_skipped_for_bad_values(tmp_path: Path) -> None:
         ("0-3, 8", 5000, "0-3,8", "0-3,8"),
         ("cpuset:2", 1000, "2", "cpuset:2"),
         ("0", 1000, "0", "cpuset:0"),  # zero CPUs would be no reservation: CPU 0
+        ("00", 1000, "0", "cpuset:0"),  # so would any lone zero, as in kubelet's list
+        ("00-03", 4000, "0-3", "0-3"),
+        ("cpuset:007", 1000, "7", "cpuset:7"),
+        ("1.5000", 1500, None, "1500m"),
+        ("65536", 65536000, None, "65536"),
         ("2", 2000, None, "2"),
         ("1500m", 1500, None, "1500m"),
         ("1.5", 1500, None, "1500m"),
@@ -611,22 +616,36 @@ def test_reserved_cpus(
     assert kind.parse(formatted) == value
 
 
+NO_CPU = "reserves no CPU: an amount of 0 (CPU 0 is written 0 or cpuset:0)"
+TOO_MANY = "more CPUs than any machine has (at most 65536)"
+TOO_HIGH = "is more than any machine has (CPU ids are 0 to 65535)"
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
         ("", "a value is required"),
-        ("0m", "reserves no CPU"),
-        ("0.0", "reserves no CPU"),
+        ("0m", NO_CPU),
+        ("0.0", NO_CPU),
+        ("000m", NO_CPU),
         ("two", "neither a CPU list nor an amount of CPUs"),
-        ("1.5m", "neither a CPU list nor an amount of CPUs"),
-        ("1.2345", "neither a CPU list nor an amount of CPUs"),
+        ("1.5m", "milli-CPUs (m) are a whole number"),
+        ("1.2345", "finer than a milli-CPU (at most 3 decimals)"),
         ("0-", "not a CPU list"),
         ("0,,1", "not a CPU list"),
         ("3-1", None),
-        ("0-70000", None),
         ("cpuset:", "not a CPU list"),
         ("cpuset:x", "not a CPU list"),
-        ("99999999", "more CPUs than any machine has"),
+        # too large: the same words for an amount and a CPU id, whatever the digits
+        ("65537", TOO_MANY),
+        ("65536.001", TOO_MANY),
+        ("99999999", TOO_MANY),
+        ("1000000", TOO_MANY),
+        ("9999999999999999999999", TOO_MANY),
+        ("99999999999999999999m", TOO_MANY),
+        ("0-70000", "CPU 70000 " + TOO_HIGH),
+        ("cpuset:65536", "CPU 65536 " + TOO_HIGH),
+        ("0-9999999999999999999999", "CPU 999999...999999 " + TOO_HIGH),
     ],
 )
 def test_bad_reserved_cpus(tmp_path: Path, text: str, message: Optional[str]) -> None:
@@ -637,6 +656,23 @@ def test_bad_reserved_cpus(tmp_path: Path, text: str, message: Optional[str]) ->
         assert problem.message == message
     else:
         assert problem.message.startswith("invalid CPU list")
+
+
+def test_reserved_cpus_with_thousands_of_digits() -> None:
+    # no bignum and no ValueError from Python's limit on int() of long digit strings
+    kind = cfg.ReservedCPUs()
+    for text, message in (
+        ("9" * 5000, TOO_MANY),
+        ("9" * 5000 + "m", TOO_MANY),
+        ("0-" + "9" * 5000, "CPU 999999...999999 " + TOO_HIGH),
+        ("1." + "0" * 5000, None),
+    ):
+        if message is None:
+            assert kind.parse(text).milli_cpus == 1000
+            continue
+        with pytest.raises(cfg.BadValue) as info:
+            kind.parse(text)
+        assert str(info.value) == message
 
 
 # --- dump rules --------------------------------------------------------------------------
