@@ -305,7 +305,7 @@ class ControlServer:
         if self._server is None:
             return
         self._server.close()
-        sockets.remove(self.path)
+        sockets.release(self.path)
         await self._server.wait_closed()
         self._server = None
 

@@ -49,11 +49,10 @@ import asyncio.base_events
 import bisect
 import logging
 import math
-import os
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from cri_resmgr import control, relay
+from cri_resmgr import control, relay, sockets
 from cri_resmgr.cri.methods import METHODS
 from cri_resmgr.version import __version__
 
@@ -643,10 +642,7 @@ class MetricsServer:
             return
         self._server.close()
         if self._path is not None:
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+            sockets.release(self._path)
         await self._server.wait_closed()
         self._server = None
 

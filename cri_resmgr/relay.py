@@ -1252,7 +1252,7 @@ class Relay:
         """
         self.loop = asyncio.get_running_loop()
         self._drained = asyncio.Event()
-        self._socket_path = path = sockets.socket_path(path)
+        path = sockets.socket_path(path)
         loop = self.loop
 
         async def serve(sock: socket.socket) -> asyncio.base_events.Server:
@@ -1266,6 +1266,7 @@ class Relay:
             hint="is cri-resmgr already running? stop it or choose another -relay-socket",
             key="[relay] socket (-relay-socket)",
         )
+        self._socket_path = path  # ours now: stop() removes it
         log.info(
             "relay listening on %s, forwarding to %s%s",
             path,
@@ -1292,7 +1293,7 @@ class Relay:
         if self._server is not None:
             self._server.close()
         if self._socket_path:
-            sockets.remove(self._socket_path)
+            sockets.release(self._socket_path)
         for conn in list(self._conns):
             conn.drain()
         if self._drained is not None and self._busy():

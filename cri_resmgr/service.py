@@ -25,7 +25,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from cri_resmgr import config as cfg
-from cri_resmgr import logs, relay
+from cri_resmgr import logs, relay, sockets
 from cri_resmgr.errors import ConfigError, Error
 from cri_resmgr.version import __version__
 
@@ -61,6 +61,15 @@ def sd_notify(state: str) -> bool:
 # --- one instance per relay socket ----------------------------------------------
 
 
+def _path_hint(exc: OSError) -> str:
+    """What to do about an OSError on a path the configuration names."""
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return "; a file stands where a directory belongs on that path"
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return "; choose a writable place"
+    return ""
+
+
 class InstanceLock:
     """An exclusive `flock` on a lock file that holds our pid for operators.
 
@@ -68,27 +77,37 @@ class InstanceLock:
     policy, `<state-dir>/lock` (one instance per state: two would overwrite each
     other's state and re-place each other's containers)."""
 
-    def __init__(self, path: str, what: str, dir_mode: int = 0o755) -> None:
+    def __init__(self, path: str, what: str, key: str, dir_mode: int = 0o755) -> None:
         self.path = path
         self.what = what  # "serves SOCKET", "uses the state directory DIR"
+        self.key = key  # the setting the path comes from, for messages
         self.dir_mode = dir_mode  # of the lock's directory when it is created
         self.fd: Optional[int] = None
 
     @classmethod
     def for_socket(cls, socket_path: str) -> InstanceLock:
-        return cls(socket_path + ".lock", f"serves {socket_path}")
+        return cls(socket_path + ".lock", f"serves {socket_path}", "[relay] socket")
 
     @classmethod
     def for_state(cls, state_dir: str) -> InstanceLock:
         from cri_resmgr.state import DIR_MODE  # noqa: PLC0415
 
         return cls(
-            os.path.join(state_dir, "lock"), f"uses the state directory {state_dir}", DIR_MODE
+            os.path.join(state_dir, "lock"),
+            f"uses the state directory {state_dir}",
+            "[relay] state-dir",
+            DIR_MODE,
         )
 
     def acquire(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", mode=self.dir_mode, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.makedirs(os.path.dirname(self.path) or ".", mode=self.dir_mode, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ServiceError(
+                f"cannot create lock {self.path} (set by {self.key}): "
+                f"{exc.strerror or exc}{_path_hint(exc)}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -147,8 +166,16 @@ class Service:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        # A relay socket path that can never work is refused before its lock file is
+        # made next to it (-relay-socket /etc/passwd must not create /etc/passwd.lock).
+        sockets.check_path(self.config.get("relay", "socket"), "[relay] socket (-relay-socket)")
         self.lock.acquire()
         try:
+            # Another program's live socket there is an error now, not after the wait
+            # for the runtime (listen() checks again when it binds).
+            sockets.check_stale(
+                self.config.get("relay", "socket"), "stop it or choose another -relay-socket"
+            )
             self._install_signals()
             log.info(
                 "cri-resmgr %s starting: policy %s, runtime %s",

@@ -164,3 +164,49 @@ def test_a_configuration_the_machine_cannot_hold_fails_before_waiting_for_the_ru
     assert f"{conf}:3" in out.stderr and "4095" in out.stderr
     assert "waiting for the runtime" not in out.stderr
     assert not os.path.exists(relay.socket)
+
+
+def test_a_relay_socket_path_that_is_not_a_socket_is_left_alone(
+    relay_factory, tmp_path: Path
+) -> None:
+    """-relay-socket naming a regular file or another server's live socket: a clear
+    error at once, and the file or socket is still there afterwards, with no lock
+    file made next to a regular file (/etc/passwd.lock blocks useradd)."""
+    relay = relay_factory(start=False)
+    precious = tmp_path / "passwd"
+    precious.write_text("root:x:0:0\n")
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(tmp_path / "other.sock"))
+    other.listen()
+    try:
+        for path, message in (
+            (precious, "exists and is not a socket"),
+            (tmp_path / "other.sock", "another server is listening"),
+        ):
+            cmd = relay.command() + [f"-relay-socket={path}"]
+            out = subprocess.run(
+                cmd, env=relay.env, capture_output=True, text=True, timeout=30, check=False
+            )
+            assert out.returncode == 1 and message in out.stderr, out.stderr
+            assert "waiting for the runtime" not in out.stderr
+        assert precious.read_text() == "root:x:0:0\n"
+        assert not (tmp_path / "passwd.lock").exists()
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(str(tmp_path / "other.sock"))  # still there, still answering
+        probe.close()
+    finally:
+        other.close()
+
+
+def test_an_unusable_state_directory_is_a_clear_error(relay_factory, tmp_path: Path) -> None:
+    relay = relay_factory(start=False)
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    cmd = relay.command() + ["-policy=static", f"-relay-dir={blocker / 'state'}"]
+    out = subprocess.run(
+        cmd, env=relay.env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"cannot create lock {blocker}/state/lock (set by [relay] state-dir)" in out.stderr
+    assert "a file stands where a directory belongs" in out.stderr
+    assert "Traceback" not in out.stderr
