@@ -21,7 +21,7 @@ import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from cri_resmgr import config as cfg
-from cri_resmgr.errors import ConfigError, Error
+from cri_resmgr.errors import ConfigError, Error, Problem
 from cri_resmgr.version import __version__
 
 PROG = "cri-resmgr"
@@ -151,8 +151,10 @@ def cmd_config(argv: Sequence[str]) -> int:
 
 
 def _check_machine(config: cfg.Config) -> str:
-    """Check ``config``'s policy against this machine (`policy.checked`, as the
-    service does at start); what was checked, for the OK line."""
+    """Check ``config`` against this machine as the service does at start: the socket
+    paths (`sockets.check_path`) and the policy (`policy.checked`); what was checked,
+    for the OK line."""
+    _check_socket_paths(config)
     if config.policy_name == "none":
         return ""
     from cri_resmgr import policy  # noqa: PLC0415 - only with a policy
@@ -165,6 +167,27 @@ def _check_machine(config: cfg.Config) -> str:
         f"; policy {config.policy_name} fits this machine ({sysfs}: "
         f"{len(topology.online)} online CPUs, reserved {reserved or 'none'})"
     )
+
+
+def _check_socket_paths(config: cfg.Config) -> None:
+    """ConfigError for socket paths no service could listen on (too long, a directory,
+    a file that is not a socket in the way)."""
+    from cri_resmgr import sockets  # noqa: PLC0415
+
+    paths = [("relay", "socket"), ("relay", "control-socket")]
+    if config.get("metrics", "listen").startswith("unix:"):
+        paths.append(("metrics", "listen"))
+    problems = []
+    for section, key in paths:
+        setting = config.setting(section, key)
+        try:
+            sockets.check_path(setting.value)
+        except sockets.SocketError as exc:
+            file = setting.file or setting.source
+            raw = setting.raw or str(setting.value)
+            problems.append(Problem(file, setting.line, section, key, raw, str(exc)))
+    if problems:
+        raise ConfigError(problems)
 
 
 def cmd_simulate(argv: Sequence[str]) -> int:

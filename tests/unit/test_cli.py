@@ -295,3 +295,22 @@ def test_a_closed_pipe_is_no_traceback() -> None:
         os.close(write)
     assert out.returncode == 141
     assert out.stderr == ""
+
+
+def test_config_check_checks_the_socket_paths(tmp_path: Path, capsys) -> None:
+    """A relay socket no service could listen on is a problem for config check, with
+    the file and line; -files-only does not look at this machine's files."""
+    (tmp_path / "passwd").write_text("root:x:0:0\n")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "10.conf").write_text(f"[relay]\nsocket = {tmp_path / 'passwd'}\n")
+    args = ["config", "check", "-config-dir", str(conf)]
+    assert cli.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"{conf}/10.conf:2: [relay] socket" in err and "exists and is not a socket" in err
+    long = "/tmp/" + "d" * 100 + "/r.sock"
+    assert cli.main([*args, f"-relay-socket={long}"]) == 1
+    err = capsys.readouterr().err
+    assert "flag -relay-socket: [relay] socket" in err and "is too long" in err
+    assert "[relay] control-socket" in err  # derived from it: too long as well
+    assert cli.main([*args, "-files-only"]) == 0
