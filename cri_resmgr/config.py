@@ -27,6 +27,7 @@ Run ``python -m cri_resmgr.config --help`` for the generator/checker used by mak
 
 from __future__ import annotations
 
+import _sre  # MAXREPEAT: the largest repetition count re accepts, plus one
 import argparse
 import configparser
 import difflib
@@ -451,6 +452,8 @@ class DumpRule(NamedTuple):
 
 
 _EXACT_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+#: Largest repetition count ({n}, {m,n}) Python's re accepts.
+_MAX_REPEAT = _sre.MAXREPEAT - 1
 _LEVEL_SPEC_RE = re.compile(r"([A-Za-z]+):(.*)\Z", re.S)
 
 
@@ -511,12 +514,75 @@ def parse_dump_rules(text: str, base: str = DEFAULT_DUMP_RULES) -> Tuple[DumpRul
                 raise BadValue(f"rule {spec!r}: no method name or pattern")
             exact = bool(_EXACT_NAME_RE.match(pattern))
             if not exact:
-                try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise BadValue(f"rule {spec!r}: bad regular expression: {exc}") from None
+                problem = regex_problem(pattern)
+                if problem:
+                    raise BadValue(f"rule {_shorten(spec)}: bad regular expression: {problem}")
             rules.append(DumpRule(level, pattern, exact))
     return tuple(rules)
+
+
+#: Deepest nesting of groups a dump rule's regular expression may have. Python's re
+#: parser recurses per level, so a deep pattern compiles or not depending on how deep
+#: the stack already is; this bound keeps it far from the recursion limit anywhere.
+MAX_REGEX_NESTING = 100
+
+
+def _group_depth(pattern: str) -> int:
+    """The deepest nesting of ``(`` groups, outside character classes and escapes."""
+    depth = deepest = 0
+    in_class = False
+    class_len = 0
+    escape = False
+    previous = ""
+    for ch in pattern:
+        if escape:
+            escape = False
+        elif ch == "\\":
+            escape = True
+        elif in_class:
+            if ch == "]" and not (class_len == 0 or (class_len == 1 and previous == "^")):
+                in_class = False
+            class_len += 1
+        elif ch == "[":
+            in_class, class_len = True, 0
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth = max(0, depth - 1)
+        previous = ch
+    return deepest
+
+
+def regex_problem(pattern: str) -> str:
+    """What is wrong with a dump rule's regular expression, "" if it compiles.
+
+    Everything ``re.compile`` can raise on a string is caught: `re.error`,
+    OverflowError (``a{99999999999}``: the repetition number is too large) and
+    RecursionError; groups nested deeper than `MAX_REGEX_NESTING` are refused before
+    compiling, so a pattern that passes here compiles in the dump module too.
+    """
+    depth = _group_depth(pattern)
+    if depth > MAX_REGEX_NESTING:
+        return f"groups nested {depth} deep (at most {MAX_REGEX_NESTING})"
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return str(exc)
+    except OverflowError as exc:
+        return f"{exc} (at most {_MAX_REPEAT})"
+    except RecursionError:
+        return f"nested too deeply (at most {MAX_REGEX_NESTING} levels of groups)"
+    except (ValueError, MemoryError) as exc:  # not expected from re; never a traceback
+        return str(exc) or type(exc).__name__
+    return ""
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """repr() of text, shortened in the middle if long (the value is quoted in full)."""
+    if len(text) > limit:
+        text = text[: limit // 2] + "..." + text[-limit // 2 :]
+    return repr(text)
 
 
 class DumpRules(ValueType):

@@ -726,6 +726,17 @@ def test_parse_dump_rules() -> None:
             "at position 6",
         ),
         ("x,*Bad", "rule '*Bad': bad regular expression: nothing to repeat at position 0"),
+        # not re.error: OverflowError, which used to escape as a traceback
+        (
+            "full:a{99999999999}",
+            "rule 'full:a{99999999999}': bad regular expression: the repetition number is "
+            "too large (at most 4294967294)",
+        ),
+        (
+            "List.*,Create{1,4294967295}",
+            "rule 'Create{1,4294967295}': bad regular expression: the repetition number is "
+            "too large (at most 4294967294)",
+        ),
     ],
 )
 def test_bad_dump_rules(tmp_path: Path, rules: str, message: str) -> None:
@@ -737,6 +748,38 @@ def test_bad_dump_rules(tmp_path: Path, rules: str, message: str) -> None:
         message,
     )
     assert problem.allowed.startswith("comma-separated rules [LEVEL:]PATTERN")
+
+
+def test_dump_rule_repetition_limit_is_the_one_of_re() -> None:
+    assert parse_dump_rules("a{4294967294}", base="") == (DumpRule("full", "a{4294967294}", False),)
+
+
+def test_deeply_nested_dump_rule(tmp_path: Path) -> None:
+    # 1000 nested groups made re's parser raise RecursionError (a traceback)
+    deep = "full:" + "(" * 1000 + "a" + ")" * 1000
+    problem = one_problem(tmp_path, f"[dump]\nrules = {deep}\n")
+    assert problem.value == deep
+    shortened = deep[:40] + "..." + deep[-40:]  # the value is quoted in full already
+    assert problem.message == (
+        f"rule {shortened!r}: bad regular expression: groups nested 1000 deep (at most 100)"
+    )
+    # the flag, which -print-config and the service check the same way
+    problem = problems_of(tmp_path / "missing", {}, {("dump", "rules"): deep})[0]
+    assert (problem.file, problem.message.endswith("groups nested 1000 deep (at most 100)")) == (
+        "flag -dump",
+        True,
+    )
+    # the limit, and what is not a group: escaped parentheses, ones in a class
+    ok = "(" * 100 + "a" + ")" * 100 + r"\(" * 200 + "[(]" * 200
+    assert parse_dump_rules(ok, base="")[0].pattern == ok
+    assert "nested 101 deep" in cfg.regex_problem("(" * 101 + "a" + ")" * 101)
+
+
+def test_dump_rule_recursion_error_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    # however deep the stack is when re recurses, it is a problem, never a traceback
+    monkeypatch.setattr(cfg, "MAX_REGEX_NESTING", 100000)
+    message = cfg.regex_problem("(" * 5000 + "a" + ")" * 5000)
+    assert message == "nested too deeply (at most 100000 levels of groups)"
 
 
 def test_dump_rules_multiline_and_format(tmp_path: Path) -> None:
