@@ -1433,12 +1433,19 @@ def _read_file(path: str) -> _Recorder:
             Problem(path, None, None, None, None, f"cannot read: {exc.strerror or exc}")
         )
         return recorder
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        recorder.problems.append(
+            Problem(path, 1, None, None, None, "not valid UTF-8 (UTF-16, by its byte order mark)")
+        )
+        return recorder
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         recorder.problems.append(Problem(path, line, None, None, None, "not valid UTF-8"))
         return recorder
+    if text.startswith("\ufeff"):  # a UTF-8 byte order mark, as some editors write
+        text = text[1:]
     lines = text.split("\n")
     parser = _Parser(recorder)
     try:

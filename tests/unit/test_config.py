@@ -441,6 +441,26 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
     ]
 
 
+def test_utf8_byte_order_mark(tmp_path: Path) -> None:
+    # editors on other systems start a UTF-8 file with a BOM; it is not part of line 1
+    (tmp_path / "10.conf").write_bytes(b"\xef\xbb\xbf[policy]\nname = static\n")
+    config = load(str(tmp_path))
+    assert (config.policy_name, config.source("policy", "name")) == (
+        "static",
+        f"{tmp_path}/10.conf:2",
+    )
+    # only at the start: elsewhere it is a character like any other
+    (tmp_path / "10.conf").write_bytes(b"[policy]\n\xef\xbb\xbf[log]\n")
+    assert r"10.conf:2: '\ufeff[log]' is not a [section] header" in str(
+        problems_of(tmp_path, {})[0]
+    )
+    # UTF-16 (with its BOM) is named as such
+    (tmp_path / "10.conf").write_bytes("[policy]\n".encode("utf-16"))
+    assert [str(p) for p in problems_of(tmp_path, {})] == [
+        f"{tmp_path}/10.conf:1: not valid UTF-8 (UTF-16, by its byte order mark)"
+    ]
+
+
 def test_config_dir_is_a_file(tmp_path: Path) -> None:
     path = tmp_path / "file"
     path.write_text("")
