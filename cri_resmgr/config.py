@@ -31,9 +31,11 @@ import _sre  # MAXREPEAT: the largest repetition count re accepts, plus one
 import argparse
 import configparser
 import difflib
+import errno
 import logging
 import os
 import re
+import stat
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -1496,10 +1498,36 @@ def _list_files(config_dir: str, problems: List[Problem]) -> List[str]:
             continue
         path = os.path.join(config_dir, name)
         if not os.path.isfile(path):
-            problems.append(Problem(path, None, None, None, None, "not a regular file"))
+            problems.append(Problem(path, None, None, None, None, _not_a_file(path)))
             continue
         files.append(path)
     return files
+
+
+def _not_a_file(path: str) -> str:
+    """Why `path`, listed but not a regular file that can be opened, is not read."""
+    try:
+        target: Optional[str] = os.readlink(path)
+    except OSError:
+        target = None  # not a symlink
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if target is None:
+            return f"cannot read: {reason}"
+        if exc.errno == errno.ELOOP:
+            return f"a symlink loop (-> {target})"
+        if exc.errno == errno.ENOENT:
+            if os.path.lexists(os.path.join(os.path.dirname(path), target)):
+                # the target is a symlink too, dangling further on
+                return f"a dangling symlink to {target} ({os.path.realpath(path)} does not exist)"
+            return f"a dangling symlink to {target}, which does not exist"
+        return f"a symlink to {target}, which cannot be followed: {reason}"
+    what = "a directory, not a regular file" if stat.S_ISDIR(mode) else "not a regular file"
+    if target is not None:
+        return f"a symlink to {target}, which is {what}"
+    return what
 
 
 def _override_label(key: Optional[Key], override_source: str) -> str:

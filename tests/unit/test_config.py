@@ -436,9 +436,47 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
     (tmp_path / "20-latin1.conf").write_bytes(b"[log]\nlevel = info\n# caf\xe9\n")
     problems = problems_of(tmp_path, {})
     assert [str(p) for p in problems] == [
-        f"{tmp_path}/10-dir.conf: not a regular file",
+        f"{tmp_path}/10-dir.conf: a directory, not a regular file",
         f"{tmp_path}/20-latin1.conf:3: not valid UTF-8",
     ]
+
+
+def test_symlinks_that_lead_nowhere(tmp_path: Path) -> None:
+    os.symlink("missing.txt", tmp_path / "10-dangling.conf")
+    os.symlink("/nonexistent/dir/x.conf", tmp_path / "11-dangling.conf")
+    os.symlink("13-chain.conf", tmp_path / "12-chain.conf")  # -> a dangling one
+    os.symlink("gone.txt", tmp_path / "13-chain.conf")
+    os.symlink("20-self.conf", tmp_path / "20-self.conf")
+    os.symlink("22-loop.conf", tmp_path / "21-loop.conf")
+    os.symlink("21-loop.conf", tmp_path / "22-loop.conf")
+    os.mkdir(tmp_path / "sub")
+    os.symlink("sub", tmp_path / "30-dir.conf")
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink("pipe", tmp_path / "31-pipe.conf")
+    os.mkfifo(tmp_path / "32-pipe.conf")
+    (tmp_path / "file").write_text("")
+    os.symlink(f"{tmp_path}/file/x", tmp_path / "33-notdir.conf")
+    problems = problems_of(tmp_path, {})
+    assert [str(p)[len(str(tmp_path)) + 1 :] for p in problems] == [
+        "10-dangling.conf: a dangling symlink to missing.txt, which does not exist",
+        "11-dangling.conf: a dangling symlink to /nonexistent/dir/x.conf, which does not exist",
+        f"12-chain.conf: a dangling symlink to 13-chain.conf ({os.path.realpath(tmp_path)}"
+        "/gone.txt does not exist)",
+        "13-chain.conf: a dangling symlink to gone.txt, which does not exist",
+        "20-self.conf: a symlink loop (-> 20-self.conf)",
+        "21-loop.conf: a symlink loop (-> 22-loop.conf)",
+        "22-loop.conf: a symlink loop (-> 21-loop.conf)",
+        "30-dir.conf: a symlink to sub, which is a directory, not a regular file",
+        "31-pipe.conf: a symlink to pipe, which is not a regular file",
+        "32-pipe.conf: not a regular file",
+        f"33-notdir.conf: a symlink to {tmp_path}/file/x, which cannot be followed: "
+        "Not a directory",
+    ]
+    # a symlink to a regular file is read like the file
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "target").write_text("[log]\nlevel = debug\n")
+    os.symlink("target", tmp_path / "good" / "10.conf")
+    assert load(str(tmp_path / "good")).source("log", "level") == f"{tmp_path}/good/10.conf:2"
 
 
 def test_utf8_byte_order_mark(tmp_path: Path) -> None:
