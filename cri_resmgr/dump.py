@@ -160,7 +160,7 @@ class Rules:
             else:
                 try:
                     regexps.append((re.compile(rule.pattern), level))
-                except re.error as exc:
+                except (re.error, OverflowError, RecursionError) as exc:  # a{999999999999}
                     raise DumpError(
                         f"dump rule {rule.level}:{rule.pattern}: bad regular expression: {exc}"
                     ) from None
@@ -719,17 +719,40 @@ class _Control:
         self.done = threading.Event()
 
 
+def _not_a_file(mode: int) -> str:
+    """Why a file of `mode` cannot take the dump ("" when it can: a regular file or a
+    character device such as /dev/null)."""
+    if stat.S_ISREG(mode) or stat.S_ISCHR(mode):
+        return ""
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISDIR, "a directory"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    return f"it is {kind}; the dump is written to a regular file (or a device such as /dev/null)"
+
+
 def open_dump_file(path: str) -> int:
     """Open `path` for appending, created with mode 0600; tighten a looser mode.
 
-    Returns the file descriptor. Raises DumpError naming the path on failure.
+    Returns the file descriptor. Raises DumpError naming the path on failure. A FIFO
+    is refused without waiting for a reader (opening one would block the service).
     """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        why = _not_a_file(os.stat(path).st_mode)
+    except OSError:
+        why = ""  # missing (created below) or unreachable (the open says why)
+    if why:
+        raise DumpError(f"dump file {path}: {why}")
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
     except OSError as exc:
         raise DumpError(f"dump file {path}: cannot open for appending: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
+        why = _not_a_file(st.st_mode)  # replaced since the check above
+        if why:
+            os.close(fd)
+            raise DumpError(f"dump file {path}: {why}")
+        os.set_blocking(fd, True)
         if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
             log.warning(
                 "dump file %s had mode %04o; changing it to 0600 (the dump holds "

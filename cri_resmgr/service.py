@@ -279,11 +279,20 @@ class Service:
 
     def _build_dump(self) -> Any:
         from cri_resmgr import dumpproc  # noqa: PLC0415
+        from cri_resmgr.dump import DumpError  # noqa: PLC0415
 
         # Formatting runs in a child process: a writer thread here would take the
         # interpreter lock from the relay (docs/performance.md).
-        d = dumpproc.ProcessDump(self.config.dump_rules, self.config.get("dump", "file") or None)
-        d.start()
+        rules, path = self.config.dump_rules, self.config.get("dump", "file") or None
+        d = dumpproc.ProcessDump(rules, path)
+        try:
+            d.start()
+        except DumpError as exc:
+            # A debugging aid must not keep the node's pods from starting: the relay
+            # serves, the dump goes to the log, and a SIGHUP tries the file again.
+            log.error("%s; the dump goes to the log until a reload can open it", exc)
+            d = dumpproc.ProcessDump(rules, None)
+            d.start()
         return d
 
     # -- signals
@@ -381,7 +390,9 @@ class Service:
                         [o for o in (self.dump, self.call_stats) if o is not None]
                     )
             else:
-                self.dump.reopen()  # every SIGHUP: logrotate moved the file away
+                # Every SIGHUP reopens the file (logrotate moved it away), and tries
+                # again a configured file that could not be opened before.
+                self.dump.set_path(new.get("dump", "file") or None)
         # `new` is the effective config: its policy name is the running policy's
         policy_section = f"policy.{new.policy_name}"
         if self.hooks is not None and policy_section in sections:

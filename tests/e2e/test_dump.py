@@ -89,6 +89,25 @@ def test_sighup_changes_rules_and_keeps_them_on_a_broken_file(relay_factory, tmp
     assert relay.running
 
 
+def test_a_dump_file_that_cannot_be_opened_does_not_stop_the_relay(
+    relay_factory, tmp_path: Path
+) -> None:
+    """At start the relay serves and the dump goes to the log (an ERROR says why);
+    once the directory exists, a SIGHUP moves the dump to the file."""
+    dump_file = tmp_path / "later" / "cri.dump"
+    relay = relay_factory("-dump=reset,full:Version", f"-dump-file={dump_file}")
+    assert f"dump file {dump_file}: cannot open for appending" in relay.log_text()
+    with grpc.insecure_channel("unix:" + relay.socket) as ch:
+        co.call(ch, "Version")
+        _wait_for(lambda: "<= Version" in relay.log_text(), what="the dump in the log")
+        dump_file.parent.mkdir()
+        relay.signal(signal.SIGHUP)
+        _wait_for(dump_file.exists, what="the dump file after SIGHUP")
+        co.call(ch, "Version")
+        _wait_for(lambda: "<= Version" in dump_file.read_text(), what="records in the file")
+    assert relay.running
+
+
 def test_dump_file_is_reopened_after_logrotate(relay_factory, tmp_path: Path) -> None:
     dump_file = tmp_path / "cri.dump"
     relay = relay_factory("-dump=reset,full:Version", f"-dump-file={dump_file}")

@@ -228,6 +228,9 @@ def test_bad_rules_are_rejected() -> None:
         dump.Rules([dump.DumpRule("loud", ".*", False)])
     with pytest.raises(dump.DumpError, match="bad regular expression"):
         dump.Rules([dump.DumpRule("full", "(", False)])
+    for pattern in ("a{99999999999}", "(" * 1000 + "a" + ")" * 1000):  # Overflow, Recursion
+        with pytest.raises(dump.DumpError, match="bad regular expression"):
+            dump.Rules([dump.DumpRule("full", pattern, False)])
 
 
 # --- record format ---------------------------------------------------------------
@@ -576,6 +579,22 @@ def test_unusable_path_raises(tmp_path: Path) -> None:
     d = dump.Dump(parse_dump_rules(""), str(tmp_path / "missing" / "dump.log"))
     with pytest.raises(dump.DumpError, match="missing/dump.log"):
         d.start()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_dump_file_that_is_not_a_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
+    """Opening a FIFO for writing waits for a reader: the service hung at start."""
+    path = tmp_path / "cri.dump"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(dump.DumpError, match=f"it is a {'FIFO' if kind == 'fifo' else kind}"):
+        dump.open_dump_file(str(path))
+
+
+def test_a_device_takes_the_dump() -> None:
+    os.close(dump.open_dump_file("/dev/null"))
 
 
 def test_reopen_after_logrotate_rename(tmp_path: Path, dumps: List[dump.Dump]) -> None:
