@@ -1643,11 +1643,28 @@ class _Loader:
         for written, line in recorder.headers:
             if written not in sections:
                 sections[written] = self.section(written, path, line, problems)
+        first: Dict[Tuple[str, str], _Entry] = {}  # (section, key) -> first entry
         for entry in recorder.entries:
             section = sections.get(entry.section)
             if section is None:
                 continue  # an unknown section is reported once, at its header
             raw = "\n".join(entry.value).rstrip()
+            earlier = first.setdefault((section, entry.key.lower()), entry)
+            if earlier.section != entry.section:
+                # the same section under two names ([policy.memtier] and
+                # [policy.topology-aware]); under one name the recorder reported it
+                alias = entry.section if entry.section != section else earlier.section
+                problems.append(
+                    Problem(
+                        path,
+                        entry.line,
+                        entry.section,
+                        entry.key,
+                        raw,
+                        f"key appears twice in this section (first at line {earlier.line}, "
+                        f"in [{earlier.section}]; [{alias}] is another name of [{section}])",
+                    )
+                )
             self.value(section, entry.section, entry.key, raw, (path, entry.line), problems)
         problems.sort(key=lambda p: p.line or 0)
         self.problems += problems

@@ -567,6 +567,48 @@ def test_aliases(tmp_path: Path) -> None:
     assert load(str(tmp_path), {("policy", "name"): "null"}).policy_name == "none"
 
 
+def test_alias_sections_in_one_file_share_their_keys(tmp_path: Path) -> None:
+    # a key set under both names of a section in one file is a duplicate key
+    problems = problems_of(
+        tmp_path,
+        {
+            "10.conf": (
+                "[policy.memtier]\npin-cpu = false\n"
+                "[policy.topology-aware]\nPin-CPU = true\npin-memory = false\n"
+            )
+        },
+    )
+    assert [str(p) for p in problems] == [
+        f'{tmp_path}/10.conf:4: [policy.topology-aware] Pin-CPU = "true": key appears twice '
+        "in this section (first at line 2, in [policy.memtier]; [policy.memtier] is another "
+        "name of [policy.topology-aware])"
+    ]
+    problems = problems_of(
+        tmp_path,
+        {"10.conf": "[policy.topology-aware]\npin-cpu = false\n[policy.memtier]\npin-cpu = 1\n"},
+    )
+    assert [(p.line, p.section, p.message) for p in problems] == [
+        (
+            4,
+            "policy.memtier",
+            "key appears twice in this section (first at line 2, in [policy.topology-aware]; "
+            "[policy.memtier] is another name of [policy.topology-aware])",
+        )
+    ]
+    # different keys under the two names, and the same key in a later file, are fine
+    write(
+        tmp_path,
+        {
+            "10.conf": "[policy.memtier]\npin-cpu = false\n[policy.topology-aware]\n"
+            "pin-memory = false\n",
+            "20.conf": "[policy.topology-aware]\npin-cpu = true\n",
+        },
+    )
+    config = load(str(tmp_path))
+    assert config.get("policy.topology-aware", "pin-memory") is False
+    assert config.source("policy.memtier", "pin-cpu") == f"{tmp_path}/20.conf:2"
+
+
 def test_runtime_sockets(tmp_path: Path) -> None:
     crio = load(str(tmp_path), {("runtime", "runner"): "crio"})
     assert crio.get("runtime", "runtime-socket") == "/var/run/crio/crio.sock"
