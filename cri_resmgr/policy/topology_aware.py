@@ -639,7 +639,9 @@ class TopologyAwarePolicy(Policy):
             f"(the most is {snap.excl_cap[best.index]} in pool {best.name}"
             + (f"; {free_iso} free isolated" if req.isolate else "")
             + f"; {len(self.topology.online)} online, {len(self.reserved)} reserved, "
-            f"{popcount(self._owned)} exclusive to {exclusive} container(s))"
+            f"{popcount(self._owned)} exclusive to {exclusive} container(s); a pool keeps "
+            "the CPUs its shared containers request, and the machine one shared CPU at "
+            "least besides the reserved ones)"
         )
 
     def _exclusive_avail(self, pool: Pool, snap: _Snapshot) -> int:

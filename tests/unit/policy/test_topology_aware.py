@@ -973,3 +973,15 @@ def test_no_debug_strings_without_debug(
     caplog.set_level(logging.DEBUG, logger="cri_resmgr.policy.topology_aware")
     p.allocate("y", POD, ctr("y", 2000))
     assert described
+
+
+def test_refusing_an_exclusive_request_says_what_the_pools_keep(tmp_path: Path) -> None:
+    """On two CPUs with one reserved, the other is the machine's last shared CPU: the
+    error says so (static would hand it out; topology-aware keeps it)."""
+    synthetic.write_sysfs(tmp_path, cores_per_node=2, threads_per_core=1, extras=False)
+    p = make(load(tmp_path), "0")
+    with pytest.raises(AllocationError) as err:
+        p.allocate("x", POD, ctr("x", 1000))
+    text = str(err.value)
+    assert "no pool can spare them (the most is 0 in pool" in text
+    assert "the machine one shared CPU at least besides the reserved ones" in text
