@@ -54,6 +54,7 @@ from typing import (
     Tuple,
 )
 
+from cri_resmgr import logs
 from cri_resmgr.errors import ConfigError, Problem
 from cri_resmgr.resources.cpuset import MAX_CPU_ID, CPUSet
 
@@ -339,6 +340,62 @@ class Words(ValueType):
 
     def format(self, value: Any) -> str:
         return ", ".join(value)
+
+
+class ModuleNames(Words):
+    """``[log] debug``: names of modules of this package (`logs.module_names`).
+
+    A name without the ``cri_resmgr.`` prefix gets it. Every logger of the program is
+    named after its module and no other logger can be selected (the prefix is added),
+    so a name that is not a module would select nothing: it is an error, with a "did
+    you mean" like the other keys (a module's last part, ``static``, suggests its full
+    name, ``policy.static``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
+            "module names of cri_resmgr (policy.static means cri_resmgr.policy.static; a "
+            "module includes its submodules)",
+            star_words=("*", "all"),
+            prefix=logs.ROOT + ".",
+        )
+
+    def parse(self, raw: str) -> Tuple[str, ...]:
+        items: List[str] = []
+        unknown: List[str] = []
+        known = logs.module_names()
+        for word in re.split(r"[\s,]+", raw.strip()):
+            if word == "":
+                continue
+            if word in self.star_words:
+                item = "*"
+            else:
+                item = word if (word + ".").startswith(self.prefix) else self.prefix + word
+                if not self.item_re.match(word) or (len(known) > 1 and item not in known):
+                    if word not in unknown:
+                        unknown.append(word)
+                    continue
+            if item not in items:
+                items.append(item)
+        if len(unknown) == 1:
+            raise BadValue(f"unknown module {unknown[0]!r}{self._suggest(unknown[0], known)}")
+        if unknown:
+            described = []
+            for word in unknown:
+                hint = self._suggest(word, known)
+                described.append(f"{word!r} ({hint[2:]})" if hint else repr(word))
+            raise BadValue("unknown modules " + ", ".join(described))
+        return tuple(items)
+
+    def _suggest(self, word: str, known: Sequence[str]) -> str:
+        """``; did you mean 'X'?`` in the spelling of `word` (with or without prefix)."""
+        full = (word + ".").startswith(self.prefix)
+        names = [n if full else n[len(self.prefix) :] for n in known if n != logs.ROOT]
+        last = [n for n in names if n.rsplit(".", 1)[-1] == word.replace("-", "_")]
+        if len(last) == 1:
+            return f"; did you mean {last[0]!r}?"
+        return _suggest(word, names)
 
 
 @dataclass(frozen=True)
@@ -1004,16 +1061,11 @@ KEYS: Tuple[Key, ...] = (
     Key(
         "log",
         "debug",
-        Words(
-            r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*",
-            "module names (policy.static means cri_resmgr.policy.static; a module "
-            "includes its submodules)",
-            star_words=("*", "all"),
-            prefix="cri_resmgr.",
-        ),
+        ModuleNames(),
         "",
         "Modules logged at debug level whatever the level. Names without the "
-        "cri_resmgr. prefix get it; * or all means every module.",
+        "cri_resmgr. prefix get it; * or all means every module. A name that is not a "
+        "module of cri_resmgr is an error (it would select no logger).",
         flag="debug",
         live=True,
     ),

@@ -8,14 +8,36 @@ debug toggle. Logs go to stderr; under systemd (stderr is the journal, detected 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import pkgutil
 import sys
-from typing import IO, Optional, Sequence
+from typing import IO, List, Optional, Sequence, Tuple
 
 ROOT = "cri_resmgr"
 _FORMAT_JOURNAL = "%(levelname)s %(name)s: %(message)s"
 _FORMAT_PLAIN = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@functools.cache
+def module_names() -> Tuple[str, ...]:
+    """Every module and package of `cri_resmgr`, by full name, ``cri_resmgr`` itself too.
+
+    These are the names `[log] debug` can select: every logger of the program is named
+    after its module (``logging.getLogger(__name__)``). Found on disk, without importing
+    anything. Only ``(ROOT,)`` when the package's files cannot be listed.
+    """
+    names: List[str] = [ROOT]
+
+    def walk(directory: str, prefix: str) -> None:
+        for info in pkgutil.iter_modules([directory], prefix):
+            names.append(info.name)
+            if info.ispkg:
+                walk(os.path.join(directory, info.name.rsplit(".", 1)[1]), info.name + ".")
+
+    walk(os.path.dirname(os.path.abspath(__file__)), ROOT + ".")
+    return tuple(sorted(set(names)))
 
 
 def stderr_is_journal(stream: IO[str] = sys.stderr) -> bool:

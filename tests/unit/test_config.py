@@ -11,6 +11,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 import pytest
 
 from cri_resmgr import config as cfg
+from cri_resmgr import logs
 from cri_resmgr.config import (
     CPUReservation,
     DumpRule,
@@ -227,6 +228,12 @@ def test_bad_override_names_flag(tmp_path: Path) -> None:
 
 # --- strictness: values ------------------------------------------------------------
 
+DEBUG_ALLOWED = (
+    "a list of module names of cri_resmgr (policy.static means cri_resmgr.policy.static; a "
+    "module includes its submodules), separated by commas or spaces; * or all for all; or "
+    "empty"
+)
+
 
 @pytest.mark.parametrize(
     "section, line, message, allowed",
@@ -299,9 +306,32 @@ def test_bad_override_names_flag(tmp_path: Path) -> None:
         (
             "log",
             "debug = policy, 9lives",
-            "bad item '9lives'",
-            "a list of module names (policy.static means cri_resmgr.policy.static; a module "
-            "includes its submodules), separated by commas or spaces; * or all for all; or empty",
+            "unknown module '9lives'",
+            DEBUG_ALLOWED,
+        ),
+        (
+            "log",
+            "debug = polcy, nosuchmodule, relay",
+            "unknown modules 'polcy' (did you mean 'policy'?), 'nosuchmodule'",
+            DEBUG_ALLOWED,
+        ),
+        (
+            "log",
+            "debug = static",
+            "unknown module 'static'; did you mean 'policy.static'?",
+            DEBUG_ALLOWED,
+        ),
+        (
+            "log",
+            "debug = cri_resmgr.polcy",
+            "unknown module 'cri_resmgr.polcy'; did you mean 'cri_resmgr.policy'?",
+            DEBUG_ALLOWED,
+        ),
+        (
+            "log",
+            "debug = topology-aware",
+            "unknown module 'topology-aware'; did you mean 'policy.topology_aware'?",
+            DEBUG_ALLOWED,
         ),
         (
             "metrics",
@@ -422,6 +452,39 @@ def test_syntax_errors(tmp_path: Path) -> None:
         f"{lines}:7: '[metrics' {not_a_line}",
         f"{lines}:8: 'listen: :9000' {not_a_line}",
     ]
+
+
+def test_log_debug_modules(tmp_path: Path) -> None:
+    config = load(
+        str(tmp_path),
+        {("log", "debug"): "policy.static relay, cri_resmgr.hooks,cri_resmgr,resources.topology"},
+    )
+    assert config.get("log", "debug") == (
+        "cri_resmgr.policy.static",
+        "cri_resmgr.relay",
+        "cri_resmgr.hooks",
+        "cri_resmgr",
+        "cri_resmgr.resources.topology",
+    )
+    assert load(str(tmp_path), {("log", "debug"): "all, relay"}).get("log", "debug") == (
+        "*",
+        "cri_resmgr.relay",
+    )
+    # the flag is checked the same way (third-party loggers would get the prefix too)
+    problem = problems_of(tmp_path, {}, {("log", "debug"): "hpack"})[0]
+    assert str(problem) == (
+        f"flag -debug: [log] debug = \"hpack\": unknown module 'hpack' (allowed: {DEBUG_ALLOWED})"
+    )
+
+
+def test_module_names_are_the_package_files() -> None:
+    package = ROOT / "cri_resmgr"
+    expected = {"cri_resmgr"}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        expected.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert set(logs.module_names()) == expected
+    assert "cri_resmgr.policy.topology_aware" in expected
 
 
 def test_same_section_in_two_files_is_fine(tmp_path: Path) -> None:
