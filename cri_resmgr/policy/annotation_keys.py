@@ -169,6 +169,17 @@ def parse_memory_types(value: str) -> Tuple[str, ...]:
     return tuple(k for k in MEMORY_KINDS if k in kinds)
 
 
+#: Characters of an annotation value shown in logs and errors (values can be huge).
+SHOWN = 100
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """``repr(text)``, cut after `limit` characters with the full length said."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class Malformed:
     """An annotation whose value did not parse: which key, what value, why."""
@@ -178,7 +189,10 @@ class Malformed:
     problem: str
 
     def __str__(self) -> str:
-        return f"{self.key}={self.value!r} ({self.problem})"
+        problem = self.problem
+        if len(problem) > 2 * SHOWN:  # parse errors may quote the value
+            problem = problem[: 2 * SHOWN] + "..."
+        return f"{self.key}={shown(self.value)} ({problem})"
 
 
 class Reader:

@@ -654,8 +654,8 @@ class BalloonsPolicy(Policy):
             bt = self.types.get(value.strip())
             if bt is None:
                 raise InvalidRequest(
-                    f"{container.key}: annotation {where} = {value!r} names no balloon type "
-                    f"(known: {', '.join(self.types)})"
+                    f"{container.key}: annotation {where} = {ann.shown(value)} names no "
+                    f"balloon type (known: {', '.join(self.types)})"
                 )
             return bt
         namespace = container.namespace or pod.namespace

@@ -155,3 +155,15 @@ def test_the_package_import_gives_the_module() -> None:
         "assert annotation_keys.Reader\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_huge_values_are_cut_in_reports(caplog: pytest.LogCaptureFixture) -> None:
+    """A 200 KB annotation value: one WARNING of reasonable length, saying how long."""
+    huge = "x" * 200_000
+    r = ann.Reader({f"memory-type.{D}/pod": huge}, {}, "app")
+    assert r.memory_types(("dram",)) == (("dram",), False)
+    with caplog.at_level(logging.WARNING, logger="cri_resmgr"):
+        assert r.report("default/web", "app")
+    line = caplog.records[0].getMessage()
+    assert len(line) < 1000 and "... (200000 characters)" in line
+    assert ann.shown("short") == "'short'"

@@ -220,6 +220,10 @@ def test_bad_annotation_is_an_invalid_request(desktop: Topology) -> None:
     empty = pod("y", "default", {f"{ANNOTATION}/pod": ""})
     with pytest.raises(InvalidRequest):
         p.allocate("b", empty, ctr("b", 500, empty))
+    huge = pod("z", "default", {f"{ANNOTATION}/pod": "w" * 200_000})
+    with pytest.raises(InvalidRequest) as err:  # the gRPC details kubelet logs: short
+        p.allocate("c", huge, ctr("c", 500, huge))
+    assert len(str(err.value)) < 1000 and "(200000 characters)" in str(err.value)
 
 
 # --- growth and shrink ----------------------------------------------------------------------
