@@ -30,8 +30,10 @@ Scenario::
 
 ``namespace`` defaults to ``default``; a container's ``pod`` names its pod (add
 ``namespace`` when two running pods share a name). A container without requests or
-limits is BestEffort. create-container also starts the container, remove-container
-stops it first, remove-pod stops the pod first (kubelet's order).
+limits is BestEffort. Quantities are bounded by what kubelet can encode in CRI's
+int64 fields (`MAX_MILLI_CPU`, `MAX_MEMORY`; the pod-level sums too).
+create-container also starts the container, remove-container stops it first,
+remove-pod stops the pod first (kubelet's order).
 
 Output (JSON)::
 
@@ -43,7 +45,8 @@ Output (JSON)::
 Exit status: 0 done; 1 an event failed in the policy (``on-error = fail``, e.g. an
 impossible placement: the JSON then also has ``"error"`` and stops at that event);
 2 a bad scenario, configuration or topology (the message names the event index and
-field, or the file and key).
+field, or the file and key; an unreadable scenario file, not UTF-8 or nested too
+deeply for the YAML reader, is named with the reason).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import tempfile
 import threading
@@ -413,6 +417,49 @@ def _string_map(path: str, where: str, name: str, value: Any) -> Dict[str, str]:
     return out
 
 
+#: Largest value of the int64 fields of CRI's LinuxContainerResources.
+INT64_MAX = (1 << 63) - 1
+#: Largest CPU quantity (milli-CPUs) kubelet can pass: its CFS quota, limit x period
+#: (100000 µs) / 1000, is an int64 field. Requests are held to it too.
+MAX_MILLI_CPU = INT64_MAX * podspec.MILLI_PER_CPU // podspec.QUOTA_PERIOD
+#: Largest memory quantity (bytes): memory_limit_in_bytes is an int64 field.
+MAX_MEMORY = INT64_MAX
+_LIMIT_TEXT = {
+    "cpu": f"at most {MAX_MILLI_CPU}m: the CFS quota kubelet writes is an int64 of µs",
+    "memory": f"at most {MAX_MEMORY} bytes (8Ei - 1): the memory limit is an int64",
+}
+# LinuxResources fields that are a sum in the pod-level resources: (what, resource).
+_SUMMED = {"cpu_quota": ("CPU limits", "cpu"), "memory_limit_in_bytes": ("memory limits", "memory")}
+# A quantity with a decimal exponent (podspec's syntax): sign, mantissa, exponent.
+_EXPONENT_RE = re.compile(r"\s*([+-]?)([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE]([+-]?[0-9]+)\s*\Z")
+_MAX_EXPONENT = 400  # podspec computes 10**exponent exactly: keep it small
+
+
+def quantity(resource: str, value: Any) -> int:
+    """A ``cpu`` (milli-CPUs) or ``memory`` (bytes) quantity of a scenario, bounded by
+    what kubelet can encode in CRI (`MAX_MILLI_CPU`, `MAX_MEMORY`). ValueError says
+    what is wrong. An exponent beyond ±400 is decided here without computing the
+    power: a non-zero value is then too large or, for a negative exponent, less than
+    the unit, which rounds up to 1 as Kubernetes rounds (``1e-999`` CPUs is 1m).
+    """
+    too_large = f"{value!r} is more than kubelet can pass ({_LIMIT_TEXT[resource]})"
+    m = _EXPONENT_RE.match(value) if isinstance(value, str) else None
+    if m:
+        digits = m.group(3).lstrip("+-").lstrip("0")
+        if len(digits) > 3 or int(digits or "0") > _MAX_EXPONENT:
+            if not m.group(2).replace(".", "").strip("0"):
+                return 0
+            if m.group(1) == "-":
+                raise ValueError(f"{value!r} is negative")
+            if m.group(3).startswith("-"):
+                return 1
+            raise ValueError(too_large)
+    amount = podspec.parse_cpu(value) if resource == "cpu" else podspec.parse_memory(value)
+    if amount > (MAX_MILLI_CPU if resource == "cpu" else MAX_MEMORY):
+        raise ValueError(too_large)
+    return amount
+
+
 def _amounts(path: str, where: str, name: str, value: Any) -> Dict[str, int]:
     if value is None:
         return {}
@@ -423,7 +470,7 @@ def _amounts(path: str, where: str, name: str, value: Any) -> Dict[str, int]:
         if key not in ("cpu", "memory"):
             raise _fail(path, where, f"field {name}.{key}: unknown resource (allowed: cpu, memory)")
         try:
-            out[key] = podspec.parse_cpu(amount) if key == "cpu" else podspec.parse_memory(amount)
+            out[key] = quantity(key, amount)
         except ValueError as exc:
             raise _fail(path, where, f"field {name}.{key}: {exc}") from None
     return out
@@ -451,7 +498,7 @@ def parse_scenario(data: Any, path: str = "<scenario>") -> Scenario:
     node_memory = None
     if data.get("node-memory") is not None:
         try:
-            node_memory = podspec.parse_memory(data["node-memory"])
+            node_memory = quantity("memory", data["node-memory"])
         except ValueError as exc:
             raise ScenarioError(f"{path}: field node-memory: {exc}") from None
         if node_memory <= 0:
@@ -534,17 +581,36 @@ def load_scenario(path: str) -> Scenario:
 
     try:
         if path == "-":
-            text = sys.stdin.read()
+            stream = getattr(sys.stdin, "buffer", None)
+            data: Any = stream.read() if stream is not None else sys.stdin.read()
         else:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                data = f.read()
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read the scenario: {exc.strerror}") from None
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ScenarioError(
+                f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at "
+                f"offset {exc.start})"
+            ) from None
+    else:
+        text = data
     try:
-        data = yaml.safe_load(text)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
-    return parse_scenario(data, path)
+    except RecursionError:
+        raise ScenarioError(
+            f"{path}: lists or mappings nested too deeply for the YAML reader"
+        ) from None
+    except ValueError as exc:  # an int of more digits than Python converts (4300)
+        reason = str(exc).split("; use ")[0]  # not the advice to raise Python's limit
+        raise ScenarioError(f"{path}: a value the YAML reader cannot take: {reason}") from None
+    return parse_scenario(document, path)
 
 
 # --- running it -------------------------------------------------------------------------
@@ -607,6 +673,22 @@ class Simulation:
             plans[index] = (podspec.pod_qos(containers) if containers else BESTEFFORT, containers)
         return plans
 
+    def _encode(self, ev: Event, resources: podspec.LinuxResources) -> Any:
+        """The CRI message of `resources`; a ScenarioError when a value does not fit its
+        int64 field (each quantity is bounded when parsed; the pod-level resources of a
+        run-pod event add up the limits of all the pod's containers)."""
+        for name, value in resources.to_json().items():
+            if isinstance(value, int) and not -INT64_MAX - 1 <= value <= INT64_MAX:
+                what, resource = _SUMMED.get(name, (name, ""))
+                bound = f" ({_LIMIT_TEXT[resource]})" if resource else " (an int64 field)"
+                raise _fail(
+                    self.scenario.path,
+                    ev.where,
+                    f"the {what} of the pod's containers add up to more than kubelet can "
+                    f"pass{bound}",
+                )
+        return resources_pb(resources)
+
     def _call(self, method: str, message: Any) -> bytes:
         path = _RS + method
         info = CallInfo(method=path, metadata=(), deadline=None)
@@ -662,11 +744,11 @@ class Simulation:
         labels.update(ev.labels)
         linux = api_pb2.LinuxPodSandboxConfig(
             cgroup_parent=podspec.cgroup_parent(uid, qos, self.scenario.cgroup_driver),
-            resources=resources_pb(podspec.sandbox_resources(specs)),
+            resources=self._encode(ev, podspec.sandbox_resources(specs)),
         )
         if ev.overhead_cpu or ev.overhead_memory:
             linux.overhead.CopyFrom(
-                resources_pb(podspec.overhead_resources(ev.overhead_cpu, ev.overhead_memory))
+                self._encode(ev, podspec.overhead_resources(ev.overhead_cpu, ev.overhead_memory))
             )
         config = api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=ev.pod, uid=uid, namespace=ev.namespace),
@@ -699,7 +781,7 @@ class Simulation:
             image=api_pb2.ImageSpec(image="registry.k8s.io/pause:3.9"),
             labels=labels,
             annotations=dict(ev.annotations),
-            linux=api_pb2.LinuxContainerConfig(resources=resources_pb(resources)),
+            linux=api_pb2.LinuxContainerConfig(resources=self._encode(ev, resources)),
         )
         request = api_pb2.CreateContainerRequest(
             pod_sandbox_id=pod.id, config=config, sandbox_config=pod.config
@@ -715,7 +797,7 @@ class Simulation:
         cid = self._container_id(pod, ev)
         resources = podspec.container_resources(ev.spec, pod.qos, self.node_memory)
         request = api_pb2.UpdateContainerResourcesRequest(
-            container_id=cid, linux=resources_pb(resources)
+            container_id=cid, linux=self._encode(ev, resources)
         )
         self._call("UpdateContainerResources", request)
 

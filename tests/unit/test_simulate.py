@@ -305,6 +305,58 @@ BAD: List[Tuple[Any, str]] = [
         "field annotations.k: a string value",
     ),
     ({"node-memory": "0", "events": []}, "field node-memory: must be more than 0"),
+    # quantities beyond what kubelet can encode in CRI's int64 fields (were a traceback:
+    # "ValueError: Value out of range" from the protobuf message, and exit 1)
+    (
+        {
+            "events": [
+                {"run-pod": {"name": "a"}},
+                {"create-container": {"pod": "a", "name": "c", "requests": {"cpu": "1e308"}}},
+            ]
+        },
+        "events[1] (create-container): field requests.cpu: '1e308' is more than kubelet can "
+        "pass (at most 92233720368547758m: the CFS quota kubelet writes is an int64 of µs)",
+    ),
+    (
+        {
+            "events": [
+                {"run-pod": {"name": "a"}},
+                {"create-container": {"pod": "a", "name": "c", "limits": {"cpu": "1e308"}}},
+            ]
+        },
+        "field limits.cpu: '1e308' is more than kubelet can pass (at most 92233720368547758m",
+    ),
+    (
+        {
+            "events": [
+                {"run-pod": {"name": "a"}},
+                {
+                    "create-container": {
+                        "pod": "a",
+                        "name": "c",
+                        "limits": {"memory": 99999999999999999999999},
+                    }
+                },
+            ]
+        },
+        "field limits.memory: 99999999999999999999999 is more than kubelet can pass (at most "
+        "9223372036854775807 bytes (8Ei - 1): the memory limit is an int64)",
+    ),
+    (
+        {"events": [{"run-pod": {"name": "a", "overhead": {"cpu": 1e300}}}]},
+        "events[0] (run-pod): field overhead.cpu: '1e+300' is more than kubelet can pass",
+    ),
+    ({"node-memory": "8Ei", "events": []}, "field node-memory: '8Ei' is more than kubelet"),
+    # an exponent too large to compute 10**e for (it took minutes)
+    (
+        {
+            "events": [
+                {"run-pod": {"name": "a"}},
+                {"create-container": {"pod": "a", "name": "c", "limits": {"cpu": "1e9999999999"}}},
+            ]
+        },
+        "field limits.cpu: '1e9999999999' is more than kubelet can pass",
+    ),
     ({"cgroup-driver": "runit", "events": []}, "field cgroup-driver: 'runit'"),
 ]
 
@@ -376,6 +428,89 @@ def test_scenario_errors_found_while_running(
     )
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_quantities_at_the_bounds() -> None:
+    assert simulate.quantity("cpu", "92233720368547758m") == simulate.MAX_MILLI_CPU
+    # its CFS quota (x 100000 µs / 1000) fits an int64; one milli-CPU more would not
+    assert simulate.MAX_MILLI_CPU * 100 <= (1 << 63) - 1 < (simulate.MAX_MILLI_CPU + 1) * 100
+    assert simulate.quantity("memory", str((1 << 63) - 1)) == simulate.MAX_MEMORY
+    assert simulate.quantity("memory", "7Ei") == 7 << 60
+    # huge exponents are decided without computing the power
+    assert simulate.quantity("cpu", "1e-9999999999") == 1  # rounded up to 1m
+    assert simulate.quantity("memory", "0.0e9999999999") == 0
+    with pytest.raises(ValueError, match="is negative"):
+        simulate.quantity("cpu", "-2e9999999999")
+    with pytest.raises(ValueError, match="not a quantity"):
+        simulate.quantity("cpu", "e9999999999")
+
+
+def test_pod_level_sums_beyond_int64(
+    topology_root: Callable[[str], Path], tmp_path: Path, capsys: Any
+) -> None:
+    # each limit fits, their sum in the pod-level resources of run-pod does not
+    big = {"cpu": "92233720368547758m", "memory": "1Gi"}
+    events = [
+        {"run-pod": {"name": "a"}},
+        {"create-container": {"pod": "a", "name": "c1", "limits": big}},
+        {"create-container": {"pod": "a", "name": "c2", "limits": big}},
+    ]
+    rc, _ = run(
+        topology_root("desktop"), {"events": events}, "--policy", "static", tmp_path=tmp_path
+    )
+    assert rc == 2
+    assert (
+        "events[0] (run-pod default/a): the CPU limits of the pod's containers add up to "
+        "more than kubelet can pass (at most 92233720368547758m"
+    ) in capsys.readouterr().err
+
+
+def test_deeply_nested_yaml(
+    topology_root: Callable[[str], Path], tmp_path: Path, capsys: Any
+) -> None:
+    deep = "events: " + "[" * 5000 + "]" * 5000 + "\n"
+    rc, out = run(topology_root("desktop"), deep, "--policy", "static", tmp_path=tmp_path)
+    assert (rc, out) == (2, "")
+    assert capsys.readouterr().err == (
+        f"cri-resmgr simulate: {tmp_path}/scenario.yaml: lists or mappings nested too deeply "
+        "for the YAML reader\n"
+    )
+
+
+def test_scenario_not_utf8_names_the_file(
+    topology_root: Callable[[str], Path], tmp_path: Path, capsys: Any
+) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"events:\n  - run-pod: {name: caf\xe9}\n")
+    rc, out = run(topology_root("desktop"), path, "--policy", "static")
+    assert (rc, out) == (2, "")
+    assert capsys.readouterr().err == (
+        f"cri-resmgr simulate: {path}: line 2: not valid UTF-8 (byte 0xe9 at offset 31)\n"
+    )
+    # a number of more digits than Python converts: named too, without its advice
+    rc, _ = run(
+        topology_root("desktop"), "x: " + "1" * 5000, "--policy", "static", tmp_path=tmp_path
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{tmp_path}/scenario.yaml: a value the YAML reader cannot take: " in err
+    assert "set_int_max_str_digits" not in err
+
+
+def test_scenario_from_stdin_bytes(
+    topology_root: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    class Stdin:
+        buffer = io.BytesIO(b"events: []\n\xff\n")
+
+    monkeypatch.setattr("sys.stdin", Stdin())
+    out = io.StringIO()
+    rc = simulate.main(
+        ["--sysfs-root", str(topology_root("desktop")), "--policy", "static", "-"], stdout=out
+    )
+    assert rc == 2
+    assert capsys.readouterr().err == (
+        "cri-resmgr simulate: -: line 2: not valid UTF-8 (byte 0xff at offset 11)\n"
+    )
 
 
 def test_bad_yaml_and_missing_file(
