@@ -34,6 +34,7 @@ LAYERS: Dict[str, int] = {
     "kubelet": 2,
     # 3: persistence, the transport, pictures
     "state": 3,
+    "state_format": 3,
     "relay": 3,
     "cpumap": 3,
     # 4: what plugs into the relay

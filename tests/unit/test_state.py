@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cri_resmgr import hooks, podspec, state
+from cri_resmgr import hooks, podspec, state, state_format
 from cri_resmgr.errors import StateError
 from cri_resmgr.policy.base import EXCLUSIVE, GUARANTEED, Container, Placement, Pod
 from cri_resmgr.resources.cpuset import CPUSet
@@ -539,12 +539,12 @@ BAD_RECORDS = {
 def test_the_schema_covers_every_field() -> None:
     """Each field the records write is checked (a new field needs its check, or it
     would be written and lost at the next start)."""
-    assert set(state._POD) == {f.name for f in fields(Pod)}
-    assert set(state._CONTAINER) == {f.name for f in fields(Container)}
-    assert set(state._RESOURCES) == {f.name for f in fields(podspec.LinuxResources)}
+    assert set(state_format._POD) == {f.name for f in fields(Pod)}
+    assert set(state_format._CONTAINER) == {f.name for f in fields(Container)}
+    assert set(state_format._RESOURCES) == {f.name for f in fields(podspec.LinuxResources)}
     placement = Placement(CPUSet.of(1), CPUSet.of(0), cpu_shares=2, exclusive=CPUSet.of(1))
-    assert set(state._PLACEMENT) == set(placement.to_json())
-    assert set(state._ENTRY) == set(_entry("c1", _pod()).to_json())
+    assert set(state_format._PLACEMENT) == set(placement.to_json())
+    assert set(state_format._ENTRY) == set(_entry("c1", _pod()).to_json())
 
 
 @pytest.mark.parametrize(
