@@ -54,6 +54,10 @@ class Error(Exception):
     grpc_code = "INTERNAL"
 
 
+#: Characters of a value a `Problem` shows (the file has the rest).
+_SHOWN_VALUE = 200
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with the configuration, located as precisely as known.
@@ -82,7 +86,10 @@ class Problem:
             if self.key is not None:
                 text += f" {self.key}"
             if self.value is not None:
-                text += " = " + json.dumps(self.value, ensure_ascii=False)
+                value = self.value
+                if len(value) > _SHOWN_VALUE:  # a 4000-character rule, printed once
+                    value = f"{value[:_SHOWN_VALUE]}... ({len(self.value)} characters)"
+                text += " = " + json.dumps(value, ensure_ascii=False)
             text += ": "
         text += self.message
         if self.allowed:

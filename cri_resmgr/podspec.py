@@ -556,6 +556,10 @@ _DECIMAL = {
 _SUFFIXES = "n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3"
 
 
+#: Largest decimal exponent a quantity may have (far beyond any int64 value).
+_MAX_EXPONENT = 400
+
+
 def parse_quantity(text: Any) -> Fraction:
     """A Kubernetes quantity ("2", "500m", "1.5", "1Gi", "128974848", "129e6") exactly.
 
@@ -583,7 +587,13 @@ def parse_quantity(text: Any) -> Fraction:
         elif suffix in _DECIMAL:
             value *= _DECIMAL[suffix]
         elif suffix[:1] in ("e", "E") and len(suffix) > 1:
-            value *= Fraction(10) ** int(suffix[1:])
+            exponent = int(suffix[1:])
+            if abs(exponent) > _MAX_EXPONENT:  # 10**1e7 takes seconds to compute exactly
+                raise ValueError(
+                    f"{text!r}: exponent {exponent} is out of range "
+                    f"(-{_MAX_EXPONENT} to {_MAX_EXPONENT})"
+                )
+            value *= Fraction(10) ** exponent
         else:
             raise ValueError(f"{text!r}: unknown suffix {suffix!r} (allowed: {_SUFFIXES})")
     else:

@@ -65,6 +65,11 @@ def test_problem_str_partial() -> None:
     )
 
 
+def test_problem_cuts_a_huge_value() -> None:
+    text = str(Problem("f.conf", 2, "dump", "rules", "(" * 4000, "bad regular expression"))
+    assert len(text) < 400 and '... (4000 characters)": bad regular expression' in text
+
+
 def test_config_error_lists_all() -> None:
     problems = [
         Problem("a.conf", 1, "x", None, None, "one"),

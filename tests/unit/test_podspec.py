@@ -388,6 +388,14 @@ def test_parse_quantity_errors(text: object) -> None:
         ps.parse_quantity(text)
 
 
+def test_huge_exponents_are_refused_without_computing_them() -> None:
+    """1e10000000 took seconds (10**10**7 exactly); larger ones hung."""
+    assert ps.parse_quantity("1e400") == 10**400
+    for text in ("1e401", "1e10000000", "1e-99999999999"):
+        with pytest.raises(ValueError, match="exponent .* is out of range"):
+            ps.parse_quantity(text)
+
+
 def test_explicit_zero_cpu_request_takes_the_limits_shares() -> None:
     """kubelet: `if cpuRequest.IsZero() && !cpuLimit.IsZero()` -> shares of the limit."""
     assert ps.linux_resources(0, 2000, None).cpu_shares == 2048
