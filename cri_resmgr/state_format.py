@@ -53,13 +53,6 @@ class ContainerEntry:
             "stopped": self.stopped,
         }
 
-    @classmethod
-    def from_json(cls, data: Any, key: str) -> ContainerEntry:
-        """The entry filed under container id `key` in the file, every field checked
-        (see the module docstring). A `ValueError` names the field, its value and what
-        was expected."""
-        return _container_entry(key, data)
-
 
 def record_json(record: Any) -> Dict[str, Any]:
     out: Dict[str, Any] = {}

@@ -217,6 +217,7 @@ class Placement:
     exclusive: CPUSet = field(default_factory=CPUSet)  # part of `cpus` the container owns
 
     def to_json(self) -> Dict[str, Any]:
+        """The JSON form the state file keeps (read back by `state_format.decode`)."""
         return {
             "cpus": str(self.cpus),
             "mems": None if self.mems is None else str(self.mems),
@@ -225,18 +226,6 @@ class Placement:
             "cpu_shares": self.cpu_shares,
             "exclusive": str(self.exclusive),
         }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Placement:
-        mems = data.get("mems")
-        return cls(
-            cpus=CPUSet.parse(data["cpus"]),
-            mems=None if mems is None else CPUSet.parse(mems),
-            cpu_class=data.get("class", SHARED),
-            pool=data.get("pool", ""),
-            cpu_shares=data.get("cpu_shares"),
-            exclusive=CPUSet.parse(data.get("exclusive", "")),
-        )
 
 
 @dataclass(frozen=True)
