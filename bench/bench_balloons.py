@@ -26,11 +26,10 @@ import argparse
 import functools
 import random
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from bench.common import Clock, machines, reserved_of, stats_ms
+from bench.common import Clock, cpu_timed, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.balloons import ANNOTATION, BalloonsPolicy
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
@@ -176,30 +175,22 @@ def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
             key = f"c{created}"
             pod, c = workload(rng, created)
             created += 1
-            start = time.process_time()
-            try:
-                p.allocate(key, pod, c)
+            if cpu_timed(times, p.allocate, key, pod, c):
                 live[key] = (pod, c)
-            except AllocationError:
+            else:
                 failed += 1
-            times.append(time.process_time() - start)
         elif rng.random() < 0.2:
             key = rng.choice(list(live))
             pod, c = live[key]
             resized = Container(**{**c.__dict__, "cpu_request": rng.choice((200, 1000, 3000))})
-            start = time.process_time()
-            try:
-                p.update(key, pod, resized)
+            if cpu_timed(times, p.update, key, pod, resized):
                 live[key] = (pod, resized)
-            except AllocationError:
+            else:
                 failed += 1
-            times.append(time.process_time() - start)
         else:
             key = rng.choice(list(live))
             del live[key]
-            start = time.process_time()
-            p.release(key)
-            times.append(time.process_time() - start)
+            cpu_timed(times, p.release, key)
         if len(times) >= block:
             print(f"  after {created:6d} created: {stats_ms(times)}")
             times = []

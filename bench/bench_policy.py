@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from bench.common import Clock, machines, reserved_of, stats_ms
+from bench.common import Clock, cpu_timed, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.policy.allocator import CPUAllocator
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod
@@ -103,19 +103,14 @@ def bench_churn(name: str, topology: Topology, total: int, block: int) -> None:
                 c = container(key, rng.randint(100, 2000), BURSTABLE)
             else:
                 c = container(key, 0, BESTEFFORT)
-            start = time.process_time()
-            try:
-                p.allocate(key, POD, c)
+            if cpu_timed(times, p.allocate, key, POD, c):
                 live[key] = None
-            except AllocationError:
+            else:
                 failed += 1
-            times.append(time.process_time() - start)
         else:
             key = rng.choice(list(live))
             del live[key]
-            start = time.process_time()
-            p.release(key)
-            times.append(time.process_time() - start)
+            cpu_timed(times, p.release, key)
         if len(times) >= block:
             print(f"  after {created:6d} created: {stats_ms(times)}")
             times = []

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple, Type
 
-from bench.common import Clock, machines, reserved_of, stats_ms
+from bench.common import Clock, cpu_timed, machines, reserved_of, stats_ms
 from cri_resmgr.errors import AllocationError
 from cri_resmgr.hooks import HookOptions, Hooks
 from cri_resmgr.policy.base import BESTEFFORT, BURSTABLE, GUARANTEED, Container, Pod, Policy
@@ -290,31 +290,23 @@ def bench_policy_churn(name: str, topology: Topology, total: int, block: int) ->
                 c = container(key, pod, rng.randint(100, 2000), BURSTABLE)
             else:
                 c = container(key, pod, 0, BESTEFFORT)
-            start = time.process_time()
-            try:
-                p.allocate(key, pod, c)
+            if cpu_timed(times, p.allocate, key, pod, c):
                 live[key] = (pod, c)
-            except AllocationError:
+            else:
                 failed += 1
-            times.append(time.process_time() - start)
             if roll < 0.33 and key in live and rng.random() < 0.2:
                 c2 = container(key, pod, 1000 * rng.randint(1, 4), GUARANTEED, memory=GIB)
-                start = time.process_time()
-                try:
-                    p.update(key, pod, c2)
+                if cpu_timed(times, p.update, key, pod, c2):
                     live[key] = (pod, c2)
-                except AllocationError:
+                else:
                     failed += 1
-                times.append(time.process_time() - start)
             if created % block == 0:
                 print(f"  after {created:6d} created: {stats_ms(times)}")
                 times = []
         else:
             key = rng.choice(list(live))
             del live[key]
-            start = time.process_time()
-            p.release(key)
-            times.append(time.process_time() - start)
+            cpu_timed(times, p.release, key)
     print(f"  ({failed} allocations or resizes failed for lack of free CPUs)")
 
 

@@ -6,6 +6,7 @@
 * `machines`: that server and a generated 8-socket 448-CPU machine, the two every
   policy benchmark runs on;
 * `Clock`, `stats_ms`: wall-clock and CPU time per call, printed in milliseconds;
+* `cpu_timed`: one policy call of a churn run, its CPU time kept, a refusal counted;
 * `reserved_of`: the reserved CPUs the benchmarks use (the first core).
 """
 
@@ -18,11 +19,20 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
+from cri_resmgr.errors import AllocationError
 from cri_resmgr.resources import synthetic
 from cri_resmgr.resources.cpuset import CPUSet
 from cri_resmgr.resources.topology import Topology, load
 
-__all__ = ["SERVER_TARBALL", "Clock", "extract_server", "machines", "reserved_of", "stats_ms"]
+__all__ = [
+    "SERVER_TARBALL",
+    "Clock",
+    "cpu_timed",
+    "extract_server",
+    "machines",
+    "reserved_of",
+    "stats_ms",
+]
 
 SERVER_TARBALL = Path(__file__).resolve().parent.parent / "tests/data/topologies/server.tar.xz"
 
@@ -67,6 +77,19 @@ def stats_ms(samples: List[float]) -> str:
         f"median {statistics.median(samples) * 1e3:7.3f} ms  p99 {p99 * 1e3:7.3f} ms  "
         f"max {ordered[-1] * 1e3:7.3f} ms"
     )
+
+
+def cpu_timed(times: List[float], call: Callable[..., object], *args: object) -> bool:
+    """Run ``call(*args)`` and append its CPU time (seconds, this process) to ``times``;
+    False when the policy refused it (`AllocationError`), True otherwise."""
+    start = time.process_time()
+    try:
+        call(*args)
+        ok = True
+    except AllocationError:
+        ok = False
+    times.append(time.process_time() - start)
+    return ok
 
 
 class Clock:
