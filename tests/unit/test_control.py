@@ -9,35 +9,12 @@ import socket
 import stat
 import threading
 from pathlib import Path
-from typing import Any, Coroutine, Dict, Iterator
+from typing import Any, Dict, Iterator
 
 import pytest
+from loop_thread import LoopThread
 
 from cri_resmgr import control
-
-
-class Loop:
-    """An asyncio loop in a daemon thread (servers run there, clients block here)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture
-def loop() -> Iterator[Loop]:
-    lp = Loop()
-    yield lp
-    lp.close()
 
 
 async def _echo(req: Dict[str, Any]) -> Dict[str, Any]:
@@ -49,7 +26,7 @@ async def _boom(req: Dict[str, Any]) -> None:
 
 
 @pytest.fixture
-def server(loop: Loop, tmp_path: Path) -> Iterator[control.ControlServer]:
+def server(loop: LoopThread, tmp_path: Path) -> Iterator[control.ControlServer]:
     srv = control.ControlServer(
         str(tmp_path / "ctl.sock"), {"status": _echo, "ping": _echo, "boom": _boom}
     )
@@ -127,7 +104,7 @@ def test_oversized_and_silent_requests(
     assert control.request(server.path, "ping") == {"echo": {"op": "ping"}}  # still serving
 
 
-def test_handler_timeout(loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handler_timeout(loop: LoopThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def slow(req: Dict[str, Any]) -> None:
         await asyncio.sleep(5)
 
@@ -141,7 +118,7 @@ def test_handler_timeout(loop: Loop, tmp_path: Path, monkeypatch: pytest.MonkeyP
         loop.run(srv.stop())
 
 
-def test_stop_removes_the_socket(loop: Loop, tmp_path: Path) -> None:
+def test_stop_removes_the_socket(loop: LoopThread, tmp_path: Path) -> None:
     srv = control.ControlServer(str(tmp_path / "c.sock"), {"status": _echo})
     loop.run(srv.start())
     loop.run(srv.stop())
@@ -149,7 +126,7 @@ def test_stop_removes_the_socket(loop: Loop, tmp_path: Path) -> None:
     loop.run(srv.stop())  # twice is fine
 
 
-def test_stale_socket_is_replaced_and_live_one_refused(loop: Loop, tmp_path: Path) -> None:
+def test_stale_socket_is_replaced_and_live_one_refused(loop: LoopThread, tmp_path: Path) -> None:
     path = str(tmp_path / "c.sock")
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(path)
@@ -226,7 +203,7 @@ def test_client_timeout_and_bad_answers(tmp_path: Path) -> None:
         listener.close()
 
 
-def test_tcp_listener_serves_http(loop: Loop) -> None:
+def test_tcp_listener_serves_http(loop: LoopThread) -> None:
     async def handler(req: control.HttpRequest) -> control.HttpResponse:
         return control.HttpResponse(200, "text/plain", f"{req.path} {req.query}".encode())
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import os
 import socket
 import stat
-import threading
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Coroutine, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
+from loop_thread import LoopThread
 from prometheus_client.parser import text_string_to_metric_families
 
 from cri_resmgr import metrics, relay
@@ -310,28 +309,6 @@ def test_parse_listen() -> None:
 # --- the endpoint ------------------------------------------------------------------------
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture
-def loop() -> Iterator[Loop]:
-    lp = Loop()
-    yield lp
-    lp.close()
-
-
 def _get(sock: socket.socket, path: str, accept: str = "") -> List[bytes]:
     head = f"GET {path} HTTP/1.1\r\nHost: x\r\n" + (f"Accept: {accept}\r\n" if accept else "")
     sock.sendall(head.encode() + b"\r\n")
@@ -346,7 +323,7 @@ def _get(sock: socket.socket, path: str, accept: str = "") -> List[bytes]:
     return [head_bytes, body]
 
 
-def test_server_over_tcp(loop: Loop) -> None:
+def test_server_over_tcp(loop: LoopThread) -> None:
     stats = CallStats()
     stats.observe(rec(RS + "CreateContainer", 1.0, 0.1))
     server = MetricsServer("127.0.0.1:0", Metrics(stats, service=fake_service()))
@@ -371,7 +348,7 @@ def test_server_over_tcp(loop: Loop) -> None:
         loop.run(server.stop())
 
 
-def test_server_over_unix_socket(loop: Loop, tmp_path: Path) -> None:
+def test_server_over_unix_socket(loop: LoopThread, tmp_path: Path) -> None:
     path = str(tmp_path / "metrics.sock")
     server = MetricsServer("unix:" + path, Metrics(CallStats()))
     loop.run(server.start())

@@ -16,10 +16,11 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Coroutine, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import pytest
 import yaml
+from loop_thread import LoopThread
 
 from cri_resmgr import cli, control, status
 from cri_resmgr import config as cfg
@@ -316,24 +317,9 @@ def test_svg_of_the_document(service: SimpleNamespace) -> None:
 # --- the command ------------------------------------------------------------------------
 
 
-class Loop:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
 @pytest.fixture
 def serving(service: SimpleNamespace) -> Iterator[SimpleNamespace]:
-    loop = Loop()
+    loop = LoopThread(timeout=30.0)
     server = control.ControlServer(
         service.config.get("relay", "control-socket"), status.Source(service).handlers()
     )
