@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Dict
 
-from kubelet_files import kubeadm_dropin
+from kubelet_files import KUBELET_UNIT, kubeadm_dropin
 from nspawn import Machine
 
 UNIT = "cri-resource-manager.service"
@@ -26,21 +26,7 @@ while :; do sleep 3600; done
 """
 
 KUBELET_FILES: Dict[str, str] = {
-    "/lib/systemd/system/kubelet.service": """\
-[Unit]
-Description=kubelet: The Kubernetes Node Agent
-Wants=network-online.target
-After=network-online.target
-
-[Service]
-ExecStart=/usr/bin/kubelet
-Restart=always
-StartLimitInterval=0
-RestartSec=10
-
-[Install]
-WantedBy=multi-user.target
-""",
+    "/lib/systemd/system/kubelet.service": KUBELET_UNIT,
     "/etc/systemd/system/kubelet.service.d/10-kubeadm.conf": kubeadm_dropin(),
     "/var/lib/kubelet/kubeadm-flags.env": (
         f'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint={CONTAINERD} '
