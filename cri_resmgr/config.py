@@ -55,7 +55,7 @@ from typing import (
 )
 
 from cri_resmgr import logs
-from cri_resmgr.errors import ConfigError, Problem
+from cri_resmgr.errors import ConfigError, Problem, shorten
 from cri_resmgr.resources.cpuset import MAX_CPU_ID, CPUSet
 
 __all__ = [
@@ -472,9 +472,7 @@ class ReservedCPUs(ValueType):
         for digits in re.findall(r"[0-9]+", listing):
             number = _bounded_int(digits)
             if number is None or number > MAX_CPU_ID:
-                shown = digits.lstrip("0")
-                if len(shown) > 12:
-                    shown = shown[:6] + "..." + shown[-6:]
+                shown = shorten(digits.lstrip("0"), 12)
                 raise BadValue(
                     f"CPU {shown} is more than any machine has (CPU ids are 0 to {MAX_CPU_ID})"
                 )
@@ -575,7 +573,7 @@ def parse_dump_rules(text: str, base: str = DEFAULT_DUMP_RULES) -> Tuple[DumpRul
             if not exact:
                 problem = regex_problem(pattern)
                 if problem:
-                    raise BadValue(f"rule {_shorten(spec)}: bad regular expression: {problem}")
+                    raise BadValue(f"rule {shorten(spec, 80)!r}: bad regular expression: {problem}")
             rules.append(DumpRule(level, pattern, exact))
     return tuple(rules)
 
@@ -635,13 +633,6 @@ def regex_problem(pattern: str) -> str:
     except (ValueError, MemoryError) as exc:  # not expected from re; never a traceback
         return str(exc) or type(exc).__name__
     return ""
-
-
-def _shorten(text: str, limit: int = 80) -> str:
-    """repr() of text, shortened in the middle if long (the value is quoted in full)."""
-    if len(text) > limit:
-        text = text[: limit // 2] + "..." + text[-limit // 2 :]
-    return repr(text)
 
 
 class DumpRules(ValueType):

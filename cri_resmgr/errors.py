@@ -38,13 +38,31 @@ __all__ = [
     "RuntimeUnavailable",
     "StateError",
     "TopologyError",
+    "clip",
     "grpc_status",
+    "shorten",
     "GRPC_DETAILS_MAX",
 ]
 
 # Longest details string grpc_status() returns (characters); details travel in a
 # trailer and kubelet logs them, so a runaway message is cut here.
 GRPC_DETAILS_MAX = 4096
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut after `limit` characters, its full length said: for values that can be
+    huge (an annotation, a config value) in logs, errors and gRPC details."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` cut in the middle (``head...tail``) when longer than `limit` characters:
+    for names and numbers whose two ends tell them apart."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...{text[-(limit // 2) :]}"
 
 
 class Error(Exception):
@@ -86,9 +104,7 @@ class Problem:
             if self.key is not None:
                 text += f" {self.key}"
             if self.value is not None:
-                value = self.value
-                if len(value) > _SHOWN_VALUE:  # a 4000-character rule, printed once
-                    value = f"{value[:_SHOWN_VALUE]}... ({len(self.value)} characters)"
+                value = clip(self.value, _SHOWN_VALUE)  # a 4000-character rule, printed once
                 text += " = " + json.dumps(value, ensure_ascii=False)
             text += ": "
         text += self.message

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from cri_resmgr.errors import shorten
 from cri_resmgr.podspec import QOS_CLASSES, LinuxResources
 from cri_resmgr.policy.base import BESTEFFORT, CPU_CLASSES, SHARED, Container, Placement, Pod
 from cri_resmgr.resources.cpuset import CPUSet
@@ -96,13 +97,6 @@ class _Bad(Exception):
         self.value = value
 
 
-def _shorten(text: str, limit: int) -> str:
-    """`text` shortened in the middle when longer than `limit`."""
-    if len(text) > limit:
-        return f"{text[: limit // 2]}...{text[-(limit // 2) :]}"
-    return text
-
-
 def _show(value: Any) -> str:
     """A JSON value as a message shows it: its JSON text (shortened) and its kind."""
     if value is None:
@@ -124,18 +118,18 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, dict)) and len(value) > 8:
         text = "[...]" if isinstance(value, list) else "{...}"
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**40:
-        text = _shorten(str(value), 30)  # no 4000-digit numbers in the log
+        text = shorten(str(value), 30)  # no 4000-digit numbers in the log
     else:
         try:
             text = json.dumps(value)  # ASCII: lone surrogates are shown escaped
         except (RecursionError, ValueError):
             text = "[...]" if isinstance(value, list) else "{...}"
-    return f"{_shorten(text, 60)} ({kind})"
+    return f"{shorten(text, 60)} ({kind})"
 
 
 def _key(key: str) -> str:
     """A record key as a message names it: JSON-quoted, long ones shortened."""
-    return _shorten(json.dumps(key), 90)
+    return shorten(json.dumps(key), 90)
 
 
 class _Check:

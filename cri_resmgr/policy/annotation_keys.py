@@ -40,6 +40,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Set, Tuple, TypeVar
 
+from cri_resmgr.errors import clip
 from cri_resmgr.resources.topology import DRAM, HBM, MEMORY_KINDS, PMEM
 
 __all__ = [
@@ -175,9 +176,7 @@ SHOWN = 100
 
 def shown(text: str, limit: int = SHOWN) -> str:
     """``repr(text)``, cut after `limit` characters with the full length said."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+    return repr(clip(text, limit))
 
 
 @dataclass(frozen=True)
@@ -189,9 +188,7 @@ class Malformed:
     problem: str
 
     def __str__(self) -> str:
-        problem = self.problem
-        if len(problem) > 2 * SHOWN:  # parse errors may quote the value
-            problem = problem[: 2 * SHOWN] + "..."
+        problem = clip(self.problem, 2 * SHOWN)  # parse errors may quote the value
         return f"{self.key}={shown(self.value)} ({problem})"
 
 

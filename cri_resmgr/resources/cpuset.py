@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Iterator, Optional, Tuple, Union
 
+from cri_resmgr.errors import shorten
+
 __all__ = ["MAX_CPU_ID", "CPUSet", "popcount"]
 
 # Largest CPU id accepted from text or ints. The kernel's NR_CPUS tops out at 8192
@@ -67,9 +69,7 @@ CPUSetLike = Union["CPUSet", Iterable[int]]
 
 def _quote(text: str, limit: int = 60) -> str:
     """repr() of text, shortened in the middle if long: error messages stay readable."""
-    if len(text) > limit:
-        text = text[: limit // 2] + "..." + text[-limit // 2 :]
-    return repr(text)
+    return repr(shorten(text, limit))
 
 
 def _parse_id(digits: str, text: str, item: str) -> int:

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from cri_resmgr.errors import TopologyError
+from cri_resmgr.errors import TopologyError, shorten
 from cri_resmgr.resources.cpuset import CPUSet
 
 __all__ = ["Sysfs", "TopologyError", "REQUIRED"]
@@ -278,6 +278,4 @@ def _key_index(words: List[str]) -> Optional[int]:
 
 
 def _show(text: str, limit: int = 60) -> str:
-    if len(text) > limit:
-        text = text[: limit // 2] + "..." + text[-limit // 2 :]
-    return repr(text)
+    return repr(shorten(text, limit))

@@ -133,3 +133,9 @@ def test_no_grpc_import() -> None:
         [sys.executable, "-c", code], check=True, capture_output=True, text=True
     ).stdout
     assert out.strip() == "False"
+
+
+def test_clip_and_shorten() -> None:
+    assert errors.clip("abc", 3) == "abc" and errors.shorten("abc", 3) == "abc"
+    assert errors.clip("abcdef", 2) == "ab... (6 characters)"
+    assert errors.shorten("abcdefgh", 4) == "ab...gh"
