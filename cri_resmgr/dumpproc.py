@@ -493,7 +493,6 @@ class _Child:
         self.dump.start()
         self.entries: Dict[Tuple[str, str], dump._Method] = {}
         self.out = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)  # writes all
-        self.reported = 0.0
         self.sent: Dict[str, int] = {}  # the counters last reported
         self._send_lock = threading.Lock()  # the main loop and the reporter send
         self._report_lock = threading.Lock()  # counters read and sent in order
@@ -524,17 +523,14 @@ class _Child:
             raise _ServiceGone(f"the service went away ({exc.strerror or exc})") from None
 
     def report(self, force: bool = False) -> None:
-        """Send the counters: when ``force``, else at most every `_REPORT` seconds and
-        only when they changed."""
+        """Send the counters: always when ``force``, else only when they changed (the
+        reporter thread asks every `_REPORT` seconds)."""
         with self._report_lock:
-            now = time.monotonic()
-            if force or now - self.reported >= _REPORT:
-                self.reported = now
-                stats = self.dump.stats()
-                counters = {k: stats[k] for k in _COUNTERS}
-                if force or counters != self.sent:
-                    self.sent = counters
-                    self.send(("stats", counters))
+            stats = self.dump.stats()
+            counters = {k: stats[k] for k in _COUNTERS}
+            if force or counters != self.sent:
+                self.sent = counters
+                self.send(("stats", counters))
 
     def _reporter(self) -> None:
         """Every `_REPORT` seconds, the counters that changed, until `close()`."""
@@ -579,8 +575,7 @@ class _Child:
             d.stop(summary=False)  # the service's counts came with the message
             self.report(force=True)
             return False
-        self.report()
-        return True
+        return True  # the counters go out with the reporter thread (`_reporter`)
 
 
 def _next(stdin: IO[bytes]) -> Tuple[Any, ...]:
