@@ -59,7 +59,7 @@ _BATCH = 256
 _BATCH_BYTES = 1024 * 1024
 #: A request or reply of at least this many bytes is written from the record itself.
 _OUT_OF_BAND = 64 * 1024
-#: Seconds between the child's counter reports while it has work.
+#: Seconds between two looks of the child's reporter thread at its counters.
 _REPORT = 0.5
 #: niceness of the child: the relay and the runtime come first.
 _NICE = 19
